@@ -1,0 +1,187 @@
+"""Settings: the only reader of ``os.environ``.
+
+Every field has an embedded default that needs no server (a file-backed broker and a SQLite ledger under
+``ACS_TRANSFER_HOME``), so one machine runs everything with nothing to install. Secrets never appear in a repr.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from worker.errors import ConfigError
+
+DEFAULT_API_VERSION = "2024-09-15"
+DEFAULT_QUEUE = "acs-transfer"
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class AcsCredentials:
+    """Where ACS lives and the key that signs requests to it."""
+
+    endpoint: str
+    access_key: bytes = field(repr=False)
+
+    @property
+    def host(self) -> str:
+        """``host[:port]`` as the Host header carries it: a default port is left out."""
+        url = urlsplit(self.endpoint)
+        default_port = {"http": 80, "https": 443}[url.scheme]
+        netloc = url.netloc.rpartition("@")[2]
+        return netloc.removesuffix(f":{default_port}") if url.port == default_port else netloc
+
+    @classmethod
+    def from_connection_string(cls, text: str) -> AcsCredentials:
+        parts: dict[str, str] = {}
+        for element in text.split(";"):
+            name, _, value = element.strip().partition("=")
+            if name:
+                parts[name.strip().lower()] = value.strip()
+        endpoint, key = parts.get("endpoint", ""), parts.get("accesskey", "")
+        if not endpoint or not key:
+            raise ConfigError("ACS_CONNECTION_STRING must look like endpoint=https://<resource>/;accesskey=<key>")
+        url = urlsplit(endpoint)
+        if url.scheme not in {"http", "https"} or not url.hostname:
+            raise ConfigError("ACS_CONNECTION_STRING endpoint must be an http(s) URL with a host")
+        try:
+            decoded = base64.b64decode(key, validate=True)
+        except (binascii.Error, ValueError):
+            raise ConfigError("ACS_CONNECTION_STRING accesskey is not valid base64") from None
+        if not decoded:
+            raise ConfigError("ACS_CONNECTION_STRING accesskey is empty")
+        return cls(urlunsplit((url.scheme, url.netloc, "", "", "")), decoded)
+
+    def connection_string(self) -> str:
+        return f"endpoint={self.endpoint}/;accesskey={base64.b64encode(self.access_key).decode()}"
+
+
+def _masked_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable, with its environment variable in `ENVIRONMENT`."""
+
+    home: Path = Path(".acs-transfer")
+    acs_connection_string: str | None = field(default=None, repr=False)
+    api_version: str = DEFAULT_API_VERSION
+    broker_url: str = ""
+    ledger_url: str = ""
+    queue: str = DEFAULT_QUEUE
+    connect_timeout: float = 5.0
+    request_timeout: float = 10.0
+    max_connections: int = 100
+    repeatability_window: float = 300.0
+    window_safety_margin: float = 30.0
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+    claim_lease: float = 30.0
+    sweep_interval: float = 5.0
+    republish_after: float = 30.0
+    worker_concurrency: int = 64
+    log_level: str = "INFO"
+    log_format: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not self.broker_url:
+            object.__setattr__(self, "broker_url", "filesystem://")
+        if not self.ledger_url:
+            object.__setattr__(self, "ledger_url", f"sqlite:///{(self.home / 'ledger.db').as_posix()}")
+        if self.window_safety_margin >= self.repeatability_window:
+            raise ConfigError("REPEATABILITY_SAFETY_MARGIN must be smaller than REPEATABILITY_WINDOW")
+        if self.log_format not in {"auto", "json", "console"}:
+            raise ConfigError("LOG_FORMAT must be auto, json or console")
+
+    @property
+    def acs(self) -> AcsCredentials:
+        if not self.acs_connection_string:
+            raise ConfigError("ACS_CONNECTION_STRING is not set: endpoint=https://<resource>/;accesskey=<key>")
+        return AcsCredentials.from_connection_string(self.acs_connection_string)
+
+    @property
+    def broker_folder(self) -> Path:
+        """Where the embedded file-backed broker keeps its messages."""
+        return self.home / "broker"
+
+    @property
+    def send_deadline(self) -> float:
+        """Seconds after First-Sent within which an attempt may still start."""
+        return self.repeatability_window - self.window_safety_margin
+
+    def __repr__(self) -> str:
+        shown = []
+        for item in fields(self):
+            value: Any = getattr(self, item.name)
+            if item.name == "acs_connection_string":
+                value = "***" if value else None
+            elif item.name in {"broker_url", "ledger_url"}:
+                value = _masked_url(value)
+            shown.append(f"{item.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name, (variable, parse) in ENVIRONMENT.items():
+            raw = env.get(variable)
+            if raw is None or raw == "":
+                continue
+            try:
+                values[name] = parse(raw)
+            except ValueError:
+                raise ConfigError(f"{variable}={raw!r} is not a valid {parse.__name__}") from None
+        return cls(**values)
+
+
+def _positive(kind: Callable[[str], T]) -> Callable[[str], T]:
+    def parse(raw: str) -> T:
+        value = kind(raw)
+        if value <= 0:  # type: ignore[operator]
+            raise ValueError(raw)
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
+def _text(raw: str) -> str:
+    return raw
+
+
+_text.__name__ = "string"
+
+#: field name -> (environment variable, parser)
+ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "home": ("ACS_TRANSFER_HOME", Path),
+    "acs_connection_string": ("ACS_CONNECTION_STRING", _text),
+    "api_version": ("ACS_API_VERSION", _text),
+    "broker_url": ("CELERY_BROKER_URL", _text),
+    "ledger_url": ("LEDGER_URL", _text),
+    "queue": ("TRANSFER_QUEUE", _text),
+    "connect_timeout": ("ACS_CONNECT_TIMEOUT", _positive(float)),
+    "request_timeout": ("ACS_REQUEST_TIMEOUT", _positive(float)),
+    "max_connections": ("ACS_MAX_CONNECTIONS", _positive(int)),
+    "repeatability_window": ("REPEATABILITY_WINDOW", _positive(float)),
+    "window_safety_margin": ("REPEATABILITY_SAFETY_MARGIN", float),
+    "backoff_base": ("RETRY_BACKOFF_BASE", _positive(float)),
+    "backoff_cap": ("RETRY_BACKOFF_CAP", _positive(float)),
+    "claim_lease": ("CLAIM_LEASE", _positive(float)),
+    "sweep_interval": ("SWEEP_INTERVAL", _positive(float)),
+    "republish_after": ("REPUBLISH_AFTER", _positive(float)),
+    "worker_concurrency": ("WORKER_CONCURRENCY", _positive(int)),
+    "log_level": ("LOG_LEVEL", str.upper),
+    "log_format": ("LOG_FORMAT", str.lower),
+}

@@ -1,0 +1,56 @@
+"""Every error the package raises on purpose, under one base class.
+
+    TransferError                 base of everything below
+    ├── ConfigError               a setting is missing or malformed (names the variable)
+    ├── ValidationError           a transfer request breaks a rule (names each field and rule)
+    ├── IdempotencyConflict       an idempotency key was reused for a different request
+    └── JobNotFound               no job has that id
+
+What ACS answers is not an exception: `worker.acs.Answer` classifies every answer (and every failure to get
+one) so the transfer logic can decide between done, retry and give up without catching anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class TransferError(Exception):
+    """Base class of every error raised on purpose by this package."""
+
+
+class ConfigError(TransferError):
+    """A setting is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One broken rule: where (a field path such as ``customCallingContext.sipHeaders``) and what."""
+
+    field: str
+    rule: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.rule}"
+
+
+class ValidationError(TransferError, ValueError):
+    """A transfer request breaks one or more rules; nothing was written or sent."""
+
+    def __init__(self, issues: Sequence[Issue], where: str = "") -> None:
+        self.issues = tuple(issues)
+        self.where = where
+        prefix = f"{where}: " if where else ""
+        super().__init__(prefix + "; ".join(str(issue) for issue in self.issues))
+
+    def as_json(self) -> list[dict[str, str]]:
+        return [{"field": issue.field, "rule": issue.rule} for issue in self.issues]
+
+
+class IdempotencyConflict(TransferError):
+    """An idempotency key already names a job whose request differs from this one."""
+
+
+class JobNotFound(TransferError, LookupError):
+    """No job has the given id."""
