@@ -1,5 +1,44 @@
-"""acs-transfer: idempotent Azure Communication Services call transfers through a message queue."""
+"""acs-transfer: idempotent Azure Communication Services call transfers through a message queue.
+
+Producers call `enqueue_transfer` (or use `Producer`); workers run `celery -A worker worker`.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+from worker.errors import ConfigError, IdempotencyConflict, JobNotFound, TransferError, ValidationError
+from worker.models import TransferRequest, parse_transfer
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from worker.producer import Producer, enqueue_transfer
+
 __version__ = "0.1.0"
+__all__ = [
+    "ConfigError",
+    "IdempotencyConflict",
+    "JobNotFound",
+    "Producer",
+    "TransferError",
+    "TransferRequest",
+    "ValidationError",
+    "app",
+    "enqueue_transfer",
+    "parse_transfer",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use so `import worker` stays cheap and `celery -A worker` finds `worker.app`.
+    if name == "app":
+        from worker.celery_app import app  # noqa: PLC0415
+
+        celery_app: Celery = app
+        return celery_app
+    if name in {"Producer", "enqueue_transfer"}:
+        from worker import producer  # noqa: PLC0415
+
+        return getattr(producer, name)
+    raise AttributeError(f"module 'worker' has no attribute {name!r}")

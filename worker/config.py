@@ -131,6 +131,15 @@ class Settings:
             shown.append(f"{item.name}={value!r}")
         return f"Settings({', '.join(shown)})"
 
+    def to_env(self) -> dict[str, str]:
+        """These settings as environment variables, to configure a child process the same way."""
+        env = {}
+        for name, (variable, _) in ENVIRONMENT.items():
+            value = getattr(self, name)
+            if value is not None:
+                env[variable] = str(value)
+        return env
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ

@@ -1,0 +1,178 @@
+"""The ledger on both backends: idempotent creation, exclusive claims, leases, transitions with history."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from sqlalchemy.engine import Connection
+
+from worker.errors import IdempotencyConflict, JobNotFound
+from worker.ledger import (
+    Ledger,
+    NewJob,
+    State,
+    SyncLedger,
+    jobs,
+    op_claim,
+    op_count_by_state,
+    op_due_for_publish,
+    op_events,
+    op_get,
+    op_start_attempt,
+    op_take_lease,
+    op_transition,
+)
+from worker.models import parse_transfer
+from worker.producer import prepare_job
+
+
+def _job(call: str = "call-1", key: str | None = None, target: str = "4:+15551230000") -> NewJob:
+    request = parse_transfer({"callConnectionId": call, "targetParticipant": target})
+    return prepare_job(request, idempotency_key=key)
+
+
+def test_create_is_idempotent_on_key_and_keeps_the_body(ledger_url: str) -> None:
+    ledger = SyncLedger(ledger_url)
+    first = _job(key="crm-1")
+    ((job, created),) = ledger.create_jobs([first])
+    assert created
+    assert job.state == State.QUEUED
+    assert job.body.encode() == first.body
+    again = _job(key="crm-1")  # a new job id, the same key
+    ((existing, created_again),) = ledger.create_jobs([again])
+    assert not created_again
+    assert existing.id == job.id
+    assert existing.request_id == job.request_id == first.request_id
+    assert ledger.run(op_count_by_state, None) == {State.QUEUED: 1}
+    ledger.close()
+
+
+def test_same_key_with_a_different_request_is_a_conflict(ledger_url: str) -> None:
+    ledger = SyncLedger(ledger_url)
+    ledger.create_jobs([_job(key="crm-2")])
+    with pytest.raises(IdempotencyConflict, match="crm-2"):
+        ledger.create_jobs([_job(key="crm-2", target="4:+15559990000")])
+    assert ledger.run(op_count_by_state, None) == {State.QUEUED: 1}
+    ledger.close()
+
+
+def test_batch_create_reports_which_rows_are_new(ledger_url: str) -> None:
+    ledger = SyncLedger(ledger_url)
+    ledger.create_jobs([_job("a", key="k-a")])
+    results = ledger.create_jobs([_job("a", key="k-a"), _job("b", key="k-b"), _job("c")])
+    assert [created for _, created in results] == [False, True, True]
+    assert len({job.id for job, _ in results}) == 3
+    ledger.close()
+
+
+def test_missing_job_raises(ledger_url: str) -> None:
+    ledger = SyncLedger(ledger_url)
+    with pytest.raises(JobNotFound):
+        ledger.get(str(uuid.uuid4()))
+    ledger.close()
+
+
+async def test_claim_is_exclusive_until_the_lease_expires(ledger_url: str) -> None:
+    sync = SyncLedger(ledger_url)
+    ((job, _),) = sync.create_jobs([_job()])
+    ledger = await Ledger.open(ledger_url)
+    now = 1_000_000.0
+    results = await asyncio.gather(*(ledger.run(op_claim, job.id, f"w{index}", now, now + 30) for index in range(8)))
+    winners = [result for result in results if result is not None]
+    assert len(winners) == 1
+    claimed, before = winners[0]
+    assert before == State.QUEUED
+    assert claimed.state == State.SENDING
+    # Still leased: nobody else can take it.
+    assert await ledger.run(op_claim, job.id, "late", now + 29, now + 60) is None
+    # Lease ran out (the holder died): another worker takes over.
+    taken = await ledger.run(op_claim, job.id, "rescuer", now + 31, now + 61)
+    assert taken is not None
+    assert taken[0].worker == "rescuer"
+    await ledger.close()
+    sync.close()
+
+
+async def test_first_sent_is_fixed_by_the_first_attempt(ledger_url: str) -> None:
+    sync = SyncLedger(ledger_url)
+    ((job, _),) = sync.create_jobs([_job()])
+    ledger = await Ledger.open(ledger_url)
+    await ledger.run(op_claim, job.id, "w", 100.0, 130.0)
+    first = await ledger.run(op_start_attempt, job.id, "w", State.SENDING, 1, 100, 100.0, 140.0)
+    assert first is not None
+    assert first.first_sent == 100
+    assert first.attempts == 1
+    second = await ledger.run(op_start_attempt, job.id, "w", State.SENDING, 2, 175, 175.0, 215.0)
+    assert second is not None
+    assert second.first_sent == 100
+    assert second.attempts == 2
+    # A worker that lost the job cannot start an attempt on it.
+    assert await ledger.run(op_start_attempt, job.id, "other", State.SENDING, 3, 180, 180.0, 220.0) is None
+    await ledger.close()
+    sync.close()
+
+
+async def test_every_transition_is_recorded_once(ledger_url: str) -> None:
+    sync = SyncLedger(ledger_url)
+    ((job, _),) = sync.create_jobs([_job()])
+    ledger = await Ledger.open(ledger_url)
+    await ledger.run(op_claim, job.id, "w", 10.0, 40.0)
+    await ledger.run(op_start_attempt, job.id, "w", State.SENDING, 1, 10, 10.0, 50.0)
+    await ledger.run(
+        op_transition, job.id, "w", State.SENDING, State.RETRY_WAIT, 11.0, lease_until=60.0, status=503, error="x"
+    )
+    await ledger.run(op_start_attempt, job.id, "w", State.RETRY_WAIT, 2, 12, 12.0, 50.0)
+    done = await ledger.run(op_transition, job.id, "w", State.SENDING, State.ACCEPTED, 13.0, status=202)
+    assert done is not None
+    assert done.state == State.ACCEPTED
+    assert done.accepted_at == 13.0
+    # A settled job cannot be moved by a stale holder.
+    assert await ledger.run(op_transition, job.id, "w", State.SENDING, State.FAILED, 14.0) is None
+    events = await ledger.run(op_events, job.id)
+    assert [(e.from_state, e.to_state) for e in events] == [
+        (None, State.QUEUED),
+        (State.QUEUED, State.SENDING),
+        (State.SENDING, State.RETRY_WAIT),
+        (State.RETRY_WAIT, State.SENDING),
+        (State.SENDING, State.ACCEPTED),
+    ]
+    assert events[2].status == 503
+    await ledger.close()
+    sync.close()
+
+
+async def test_sweep_finds_orphans_and_lost_messages_once(ledger_url: str) -> None:
+    sync = SyncLedger(ledger_url)
+    results = sync.create_jobs([_job("held"), _job("queued"), _job("fresh")])
+    held, queued, fresh = (job for job, _ in results)
+    ledger = await Ledger.open(ledger_url)
+    created = held.created_at
+    await ledger.run(op_claim, held.id, "dead-worker", created, created + 5)
+    later = created + 100
+    # A recent publish time protects "fresh": pretend it was re-published just now.
+
+    def touch(connection: Connection, job_id: str, at: float) -> None:
+        connection.execute(jobs.update().where(jobs.c.id == job_id).values(published_at=at))
+
+    await ledger.run(touch, fresh.id, later - 1)
+    only_held = await ledger.run(op_due_for_publish, later, later - 30, False, 100)
+    assert [job_id for job_id, _ in only_held] == [held.id]
+    with_queued = await ledger.run(op_due_for_publish, later, later - 30, True, 100)
+    assert [job_id for job_id, _ in with_queued] == [queued.id]  # "held" was just re-published
+    assert await ledger.run(op_due_for_publish, later + 1, later - 30, True, 100) == []
+    job = await ledger.run(op_get, queued.id)
+    assert job is not None
+    assert job.published_at == later
+    await ledger.close()
+    sync.close()
+
+
+async def test_named_lease_has_one_holder(ledger_url: str) -> None:
+    ledger = await Ledger.open(ledger_url)
+    assert await ledger.run(op_take_lease, "sweeper", "a", 0.0, 10.0)
+    assert not await ledger.run(op_take_lease, "sweeper", "b", 5.0, 15.0)
+    assert await ledger.run(op_take_lease, "sweeper", "a", 6.0, 16.0)  # renewal
+    assert await ledger.run(op_take_lease, "sweeper", "b", 17.0, 27.0)  # expired: taken over
+    await ledger.close()

@@ -1,0 +1,193 @@
+"""The ACS client: one aiohttp session per process, one signed POST per attempt, every answer classified.
+
+Classification follows where a request failed (as azure-core does): never sent (connection refused),
+sent with no answer (timeout, dropped connection), or answered with a status.
+
+    202                                   ACCEPTED   done, wait for the callback event
+    412                                   STALE      repeatability window passed: outcome unknown
+    408, 429, 5xx, 409 "in progress",     TRANSIENT  retry with the same request id and first-sent
+    no answer, not sent
+    any other 4xx                         PERMANENT  fail now with ACS's error code and message
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from urllib.parse import quote
+
+import aiohttp
+import yarl
+
+from worker import signing
+from worker.config import AcsCredentials
+
+USER_AGENT = "acs-transfer/0.1"
+_TRANSIENT_STATUSES = {408, 429}
+
+
+class Outcome(enum.StrEnum):
+    ACCEPTED = "accepted"
+    PERMANENT = "permanent"
+    TRANSIENT = "transient"
+    STALE = "stale"
+
+
+class Reach(enum.StrEnum):
+    """How far the attempt got."""
+
+    NOT_SENT = "not_sent"
+    NO_ANSWER = "no_answer"
+    ANSWERED = "answered"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What one attempt produced, in terms the retry logic and the ledger understand."""
+
+    outcome: Outcome
+    reach: Reach
+    status: int | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    retry_after: float | None = None
+    repeatability_result: str | None = None
+    duration_ms: float = 0.0
+
+    @property
+    def summary(self) -> str:
+        """One line for logs and the ledger, e.g. ``503 ServiceUnavailable: try later`` or ``no answer: timeout``."""
+        if self.status is None:
+            return f"{self.reach.value.replace('_', ' ')}: {self.error_message or self.error_code}"
+        detail = " ".join(part for part in (self.error_code, self.error_message) if part)
+        return f"{self.status} {detail}".strip()
+
+
+def retry_delay(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """The server's retry hint in seconds: retry-after-ms, x-ms-retry-after-ms, then Retry-After."""
+    lookup = {key.lower(): value for key, value in headers.items()}
+    for name in ("retry-after-ms", "x-ms-retry-after-ms"):
+        if name in lookup:
+            try:
+                return max(0.0, float(lookup[name]) / 1000)
+            except ValueError:
+                pass
+    text = lookup.get("retry-after")
+    if text is None:
+        return None
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    try:
+        moment = parsedate_to_datetime(text).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, moment - (time.time() if now is None else now))
+
+
+def classify(status: int, body: bytes, headers: Mapping[str, str], duration_ms: float) -> Answer:
+    """Turn an HTTP answer into an `Answer`."""
+    result = next((v for k, v in headers.items() if k.lower() == "repeatability-result"), None)
+    if status == 202:
+        return Answer(Outcome.ACCEPTED, Reach.ANSWERED, status, repeatability_result=result, duration_ms=duration_ms)
+    code, message = _error_detail(body)
+    if status == 412:
+        outcome = Outcome.STALE
+    elif status in _TRANSIENT_STATUSES or status >= 500 or (status == 409 and result == "accepted"):
+        # A 409 with Repeatability-Result: accepted means "the first request is still in progress".
+        outcome = Outcome.TRANSIENT
+    else:
+        outcome = Outcome.PERMANENT
+    return Answer(outcome, Reach.ANSWERED, status, code, message, retry_delay(headers), result, duration_ms)
+
+
+def _error_detail(body: bytes) -> tuple[str | None, str | None]:
+    try:
+        error = json.loads(body)["error"]
+        code, message = error.get("code"), error.get("message")
+        return (str(code) if code is not None else None, str(message) if message is not None else None)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        text = body[:300].decode(errors="replace").strip()
+        return None, text or None
+
+
+def transfer_path(call_connection_id: str, api_version: str) -> str:
+    """The raw path and query sent on the wire (and signed): the id is one percent-encoded segment."""
+    return (
+        f"/calling/callConnections/{quote(call_connection_id, safe='-._~')}:transferToParticipant"
+        f"?api-version={quote(api_version, safe='-._~')}"
+    )
+
+
+class AcsClient:
+    """Sends transfer requests. Create it inside the event loop that will use it, once per process."""
+
+    def __init__(
+        self,
+        credentials: AcsCredentials,
+        api_version: str,
+        connect_timeout: float,
+        request_timeout: float,
+        max_connections: int,
+    ) -> None:
+        self._credentials = credentials
+        self._api_version = api_version
+        self._host = credentials.host
+        self._endpoint = credentials.endpoint
+        connector = aiohttp.TCPConnector(limit=max_connections, ttl_dns_cache=300, enable_cleanup_closed=True)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=request_timeout, connect=connect_timeout),
+            headers={"User-Agent": USER_AGENT, "Content-Type": "application/json"},
+            skip_auto_headers=("Accept-Encoding",),
+        )
+
+    def __repr__(self) -> str:
+        return f"AcsClient(endpoint={self._endpoint!r}, api_version={self._api_version!r})"
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def transfer(self, call_connection_id: str, body: bytes, request_id: str, first_sent: str) -> Answer:
+        """One attempt: signed afresh (new x-ms-date) over the exact bytes and raw path sent."""
+        path = transfer_path(call_connection_id, self._api_version)
+        headers = signing.sign(self._credentials.access_key, "POST", path, self._host, body, time.time())
+        headers.update(
+            {
+                "Host": self._host,
+                "Repeatability-Request-ID": request_id,
+                "Repeatability-First-Sent": first_sent,
+                "x-ms-client-request-id": str(uuid.uuid4()),
+            }
+        )
+        url = yarl.URL(self._endpoint + path, encoded=True)
+        started = time.perf_counter()
+        try:
+            async with self._session.post(url, data=body, headers=headers) as response:
+                payload = await response.read()
+                answer = classify(
+                    response.status, payload, dict(response.headers), (time.perf_counter() - started) * 1000
+                )
+                if response.status == 502:
+                    # ACS: "retry with a fresh HTTP client" - do not reuse this connection.
+                    response.close()
+                return answer
+        except aiohttp.ConnectionTimeoutError:
+            return self._failed(Reach.NOT_SENT, "connect_timeout", "no connection within the connect timeout", started)
+        except aiohttp.ClientConnectorError as error:
+            return self._failed(Reach.NOT_SENT, "connection_failed", str(error.os_error or error), started)
+        except TimeoutError:
+            return self._failed(Reach.NO_ANSWER, "timeout", "no answer within the request timeout", started)
+        except aiohttp.ClientError as error:
+            return self._failed(Reach.NO_ANSWER, type(error).__name__, str(error) or type(error).__name__, started)
+
+    @staticmethod
+    def _failed(reach: Reach, code: str, message: str, started: float) -> Answer:
+        duration_ms = (time.perf_counter() - started) * 1000
+        return Answer(Outcome.TRANSIENT, reach, None, code, message, duration_ms=duration_ms)

@@ -1,0 +1,85 @@
+"""Celery configuration derived from settings: the broker, its queue, and how messages are acknowledged.
+
+Three brokers are supported: the embedded file-backed kombu transport (default; one machine, nothing to
+install), RabbitMQ (quorum queue, publisher confirms) and Redis. Whatever the broker, the ledger is the source
+of truth: a message the broker loses is re-published by the sweeper.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kombu import Queue
+
+from worker.config import Settings
+
+TASK_NAME = "acs_transfer.transfer"
+
+
+def broker_kind(url: str) -> str:
+    scheme = url.split("://", 1)[0].lower()
+    if scheme.startswith(("amqp", "pyamqp")):
+        return "rabbitmq"
+    if scheme in {"redis", "rediss"}:
+        return "redis"
+    if scheme == "filesystem":
+        return "filesystem"
+    return scheme
+
+
+def transport_options(settings: Settings) -> dict[str, Any]:
+    kind = broker_kind(settings.broker_url)
+    if kind == "filesystem":
+        folder = settings.broker_folder
+        for part in ("queue", "control", "processed"):
+            (folder / part).mkdir(parents=True, exist_ok=True)
+        return {
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "control_folder": str(folder / "control"),
+            "processed_folder": str(folder / "processed"),
+            "polling_interval": 0.05,
+        }
+    if kind == "rabbitmq":
+        return {"confirm_publish": True}
+    if kind == "redis":
+        # Unacknowledged messages come back after this long; a job may legitimately run for the whole
+        # repeatability window, so stay well above it.
+        return {"visibility_timeout": int(settings.repeatability_window * 2 + 60)}
+    return {}
+
+
+def transfer_queue(settings: Settings) -> Queue:
+    arguments = {"x-queue-type": "quorum"} if broker_kind(settings.broker_url) == "rabbitmq" else None
+    return Queue(settings.queue, routing_key=settings.queue, queue_arguments=arguments)
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Everything `celeryconfig.py` sets, for the given settings."""
+    embedded = broker_kind(settings.broker_url) == "filesystem"
+    return {
+        "broker_url": settings.broker_url,
+        "broker_transport_options": transport_options(settings),
+        "broker_connection_retry_on_startup": True,
+        # JSON only: a producer must never be able to make a worker unpickle code.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "event_serializer": "json",
+        # Late acks: a message is acknowledged once its job is settled, so work lost with a worker is redelivered.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_ignore_result": True,
+        "result_backend": None,
+        # Many requests in flight per process: the threads pool feeds one shared event loop.
+        "worker_pool": "threads",
+        "worker_concurrency": settings.worker_concurrency,
+        "worker_prefetch_multiplier": 2,
+        "worker_hijack_root_logger": False,
+        "worker_consumer": "worker.consumer:RecordingConsumer",
+        # The file-backed transport has no broadcast worth polling for; remote control needs a real broker.
+        "worker_enable_remote_control": not embedded,
+        "task_default_queue": settings.queue,
+        "task_queues": [transfer_queue(settings)],
+        "task_routes": {TASK_NAME: {"queue": settings.queue}},
+    }

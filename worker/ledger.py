@@ -1,0 +1,527 @@
+"""The ledger: the job store and the source of truth. The broker only delivers.
+
+One code path for SQLite (embedded default) and PostgreSQL (production): each operation is a plain function
+over a SQLAlchemy `Connection`, run directly by `SyncLedger` (producers, CLI) or through `run_sync` by
+`Ledger` (the worker's event loop). Every state change is one transaction that also appends a row to
+`job_events`, so a job's history is always complete.
+
+Claiming is a conditional UPDATE: a job is taken only if it is queued, or if the worker that held it let its
+lease run out (it died). Two deliveries of one message therefore never send concurrently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from worker.errors import IdempotencyConflict, JobNotFound
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class State:
+    """Job states. ``queued → sending → accepted``; side exits ``retry_wait``, ``failed``, ``unknown``, ``dead``."""
+
+    QUEUED = "queued"
+    SENDING = "sending"
+    RETRY_WAIT = "retry_wait"
+    ACCEPTED = "accepted"
+    TRANSFERRED = "transferred"
+    TRANSFER_FAILED = "transfer_failed"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+    DEAD = "dead"
+
+    ALL = (QUEUED, SENDING, RETRY_WAIT, ACCEPTED, TRANSFERRED, TRANSFER_FAILED, FAILED, UNKNOWN, DEAD)
+    #: a worker holds the job (under a lease)
+    HELD = (SENDING, RETRY_WAIT)
+    #: no worker will touch the job again on its own
+    SETTLED = (ACCEPTED, TRANSFERRED, TRANSFER_FAILED, FAILED, UNKNOWN, DEAD)
+
+
+metadata = sa.MetaData()
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("idempotency_key", sa.String(512), unique=True),
+    sa.Column("request_id", sa.String(36), nullable=False),
+    sa.Column("campaign", sa.String(200), index=True),
+    sa.Column("call_connection_id", sa.Text, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("body_hash", sa.String(64), nullable=False),
+    sa.Column("state", sa.String(20), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("first_sent", sa.BigInteger),
+    sa.Column("lease_until", sa.Float),
+    sa.Column("worker", sa.String(200)),
+    sa.Column("published_at", sa.Float),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("accepted_at", sa.Float),
+    sa.Column("last_status", sa.Integer),
+    sa.Column("last_error", sa.String(200)),
+    sa.Column("last_message", sa.Text),
+    sa.Index("ix_jobs_state_published", "state", "published_at"),
+)
+
+job_events = sa.Table(
+    "job_events",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("job_id", sa.String(64), nullable=False, index=True),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("from_state", sa.String(20)),
+    sa.Column("to_state", sa.String(20), nullable=False),
+    sa.Column("attempt", sa.Integer),
+    sa.Column("status", sa.Integer),
+    sa.Column("detail", sa.Text),
+)
+
+dead_messages = sa.Table(
+    "dead_messages",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("message_id", sa.String(200)),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("payload", sa.Text),
+)
+
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("holder", sa.String(200), nullable=False),
+    sa.Column("until", sa.Float, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    idempotency_key: str | None
+    request_id: str
+    campaign: str | None
+    call_connection_id: str
+    body: str
+    body_hash: str
+    state: str
+    attempts: int
+    first_sent: int | None
+    lease_until: float | None
+    worker: str | None
+    published_at: float | None
+    created_at: float
+    updated_at: float
+    accepted_at: float | None
+    last_status: int | None
+    last_error: str | None
+    last_message: str | None
+
+    @classmethod
+    def from_row(cls, row: sa.Row[Any]) -> Job:
+        return cls(**row._asdict())
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A job to create: the frozen request and how to find it again."""
+
+    id: str
+    request_id: str
+    call_connection_id: str
+    body: bytes
+    idempotency_key: str | None = None
+    campaign: str | None = None
+
+
+@dataclass(frozen=True)
+class Event:
+    at: float
+    from_state: str | None
+    to_state: str
+    attempt: int | None
+    status: int | None
+    detail: str | None
+
+
+def body_hash(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+# --- operations: plain functions over a Connection, shared by both ledgers --------------------------------
+
+
+def _insert_ignoring_conflicts(
+    connection: Connection, table: sa.Table, rows: Sequence[dict[str, Any]], returning: sa.Column[Any]
+) -> set[Any]:
+    """Insert the rows that conflict with no unique key; return `returning` of those inserted."""
+    dialect = connection.dialect.name
+    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+    result = connection.execute(insert.on_conflict_do_nothing().returning(returning), list(rows))
+    return set(result.scalars().all())
+
+
+def _event(
+    connection: Connection,
+    job_id: str,
+    now: float,
+    from_state: str | None,
+    to_state: str,
+    attempt: int | None = None,
+    status: int | None = None,
+    detail: str | None = None,
+) -> None:
+    connection.execute(
+        job_events.insert().values(
+            job_id=job_id,
+            at=now,
+            from_state=from_state,
+            to_state=to_state,
+            attempt=attempt,
+            status=status,
+            detail=detail,
+        )
+    )
+
+
+def op_create_jobs(connection: Connection, new_jobs: Sequence[NewJob], now: float) -> list[tuple[Job, bool]]:
+    """Insert jobs that do not exist yet (by id or idempotency key); return each job and whether it is new."""
+    rows = [
+        {
+            "id": job.id,
+            "idempotency_key": job.idempotency_key,
+            "request_id": job.request_id,
+            "campaign": job.campaign,
+            "call_connection_id": job.call_connection_id,
+            "body": job.body.decode(),
+            "body_hash": body_hash(job.body),
+            "state": State.QUEUED,
+            "attempts": 0,
+            "published_at": now,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for job in new_jobs
+    ]
+    if not rows:
+        return []
+    inserted = _insert_ignoring_conflicts(connection, jobs, rows, jobs.c.id)
+    ids = [job.id for job in new_jobs]
+    keys = [job.idempotency_key for job in new_jobs if job.idempotency_key is not None]
+    condition: sa.ColumnElement[bool] = jobs.c.id.in_(ids)
+    if keys:
+        condition = sa.or_(condition, jobs.c.idempotency_key.in_(keys))
+    found = [Job.from_row(row) for row in connection.execute(sa.select(jobs).where(condition))]
+    by_id = {job.id: job for job in found}
+    by_key = {job.idempotency_key: job for job in found if job.idempotency_key is not None}
+    results: list[tuple[Job, bool]] = []
+    created_ids: list[str] = []
+    for new in new_jobs:
+        existing = by_key.get(new.idempotency_key) if new.idempotency_key is not None else None
+        job = existing or by_id[new.id]
+        if job.body_hash != body_hash(new.body):
+            key = new.idempotency_key or new.id
+            raise IdempotencyConflict(
+                f"idempotency key {key!r} already names job {job.id} with a different request; "
+                "use a new key for a new transfer"
+            )
+        created = job.id == new.id and job.id in inserted and job.id not in created_ids
+        if created:
+            created_ids.append(job.id)
+        results.append((job, created))
+    if created_ids:
+        connection.execute(
+            job_events.insert(),
+            [{"job_id": job_id, "at": now, "from_state": None, "to_state": State.QUEUED} for job_id in created_ids],
+        )
+    return results
+
+
+def op_get(connection: Connection, job_id: str) -> Job | None:
+    row = connection.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
+    return Job.from_row(row) if row is not None else None
+
+
+def op_events(connection: Connection, job_id: str) -> list[Event]:
+    query = (
+        sa.select(
+            job_events.c.at,
+            job_events.c.from_state,
+            job_events.c.to_state,
+            job_events.c.attempt,
+            job_events.c.status,
+            job_events.c.detail,
+        )
+        .where(job_events.c.job_id == job_id)
+        .order_by(job_events.c.id)
+    )
+    return [Event(*row) for row in connection.execute(query)]
+
+
+def op_claim(
+    connection: Connection, job_id: str, worker: str, now: float, lease_until: float
+) -> tuple[Job, str] | None:
+    """Take the job if it is queued or its holder's lease ran out: (job, its state before), or None if another
+    worker holds it, it is settled, or it does not exist."""
+    claimable = sa.or_(
+        jobs.c.state == State.QUEUED,
+        sa.and_(jobs.c.state.in_(State.HELD), jobs.c.lease_until < now),
+    )
+    before = connection.execute(sa.select(jobs.c.state).where(jobs.c.id == job_id)).scalar()
+    row = connection.execute(
+        jobs.update()
+        .where(jobs.c.id == job_id, claimable)
+        .values(state=State.SENDING, worker=worker, lease_until=lease_until, updated_at=now)
+        .returning(*jobs.c)
+    ).first()
+    if row is None:
+        return None
+    detail = None if before == State.QUEUED else f"taken over from an expired lease ({before})"
+    _event(connection, job_id, now, before, State.SENDING, detail=detail)
+    return Job.from_row(row), str(before)
+
+
+def op_start_attempt(
+    connection: Connection,
+    job_id: str,
+    worker: str,
+    from_state: str,
+    attempt: int,
+    first_sent: int,
+    now: float,
+    lease_until: float,
+) -> Job | None:
+    """Record attempt N before it leaves; First-Sent is set only by the first attempt and never changed."""
+    row = connection.execute(
+        jobs.update()
+        .where(jobs.c.id == job_id, jobs.c.worker == worker, jobs.c.state == from_state)
+        .values(
+            state=State.SENDING,
+            attempts=attempt,
+            first_sent=sa.func.coalesce(jobs.c.first_sent, first_sent),
+            lease_until=lease_until,
+            updated_at=now,
+        )
+        .returning(*jobs.c)
+    ).first()
+    if row is None:
+        return None
+    if from_state != State.SENDING:
+        _event(connection, job_id, now, from_state, State.SENDING, attempt)
+    return Job.from_row(row)
+
+
+def op_transition(
+    connection: Connection,
+    job_id: str,
+    worker: str | None,
+    from_state: str,
+    to_state: str,
+    now: float,
+    *,
+    lease_until: float | None = None,
+    status: int | None = None,
+    error: str | None = None,
+    message: str | None = None,
+    detail: str | None = None,
+) -> Job | None:
+    """Move a job from `from_state` to `to_state`, only if it is still there (and held by `worker`, if given)."""
+    conditions = [jobs.c.id == job_id, jobs.c.state == from_state]
+    if worker is not None:
+        conditions.append(jobs.c.worker == worker)
+    values: dict[str, Any] = {"state": to_state, "lease_until": lease_until, "updated_at": now}
+    if status is not None or error is not None:
+        values.update(last_status=status, last_error=error, last_message=message)
+    if to_state == State.ACCEPTED:
+        values["accepted_at"] = now
+    row = connection.execute(jobs.update().where(*conditions).values(**values).returning(*jobs.c)).first()
+    if row is None:
+        return None
+    job = Job.from_row(row)
+    _event(connection, job_id, now, from_state, to_state, job.attempts, status, detail or message)
+    return job
+
+
+def op_due_for_publish(
+    connection: Connection, now: float, republish_before: float, include_queued: bool, limit: int
+) -> list[tuple[str, str]]:
+    """Jobs whose message may be lost, as (id, state); their publish time is bumped so one sweep takes each."""
+    orphaned = sa.and_(jobs.c.state.in_(State.HELD), jobs.c.lease_until < now)
+    condition = sa.or_(jobs.c.state == State.QUEUED, orphaned) if include_queued else orphaned
+    query = (
+        sa.select(jobs.c.id, jobs.c.state)
+        .where(condition, sa.or_(jobs.c.published_at.is_(None), jobs.c.published_at < republish_before))
+        .order_by(jobs.c.published_at)
+        .limit(limit)
+    )
+    if connection.dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    due = [(row.id, row.state) for row in connection.execute(query)]
+    if due:
+        connection.execute(jobs.update().where(jobs.c.id.in_([i for i, _ in due])).values(published_at=now))
+    return due
+
+
+def op_record_dead_message(
+    connection: Connection, message_id: str | None, reason: str, payload: str | None, now: float
+) -> None:
+    connection.execute(dead_messages.insert().values(at=now, message_id=message_id, reason=reason, payload=payload))
+
+
+def op_dead_messages(connection: Connection, limit: int) -> list[dict[str, Any]]:
+    query = sa.select(dead_messages).order_by(dead_messages.c.id.desc()).limit(limit)
+    return [row._asdict() for row in connection.execute(query)]
+
+
+def op_take_lease(connection: Connection, name: str, holder: str, now: float, until: float) -> bool:
+    """Hold a named lease (e.g. the sweeper's) if it is free, expired, or already ours."""
+    _insert_ignoring_conflicts(connection, leases, [{"name": name, "holder": holder, "until": until}], leases.c.name)
+    result = connection.execute(
+        leases.update()
+        .where(leases.c.name == name, sa.or_(leases.c.holder == holder, leases.c.until < now))
+        .values(holder=holder, until=until)
+    )
+    return bool(result.rowcount)
+
+
+def op_count_by_state(connection: Connection, campaign: str | None) -> dict[str, int]:
+    query = sa.select(jobs.c.state, sa.func.count()).group_by(jobs.c.state)
+    if campaign is not None:
+        query = query.where(jobs.c.campaign == campaign)
+    return {state: int(count) for state, count in connection.execute(query)}
+
+
+# --- engines --------------------------------------------------------------------------------------------
+
+
+def _urls(url: str) -> tuple[str, str]:
+    """(sync URL, async URL) for a LEDGER_URL such as ``sqlite:///x.db`` or ``postgresql://u@h/db``."""
+    parsed = sa.make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return (
+            parsed.set(drivername="sqlite").render_as_string(hide_password=False),
+            parsed.set(drivername="sqlite+aiosqlite").render_as_string(hide_password=False),
+        )
+    if backend == "postgresql":
+        return (
+            parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False),
+            parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False),
+        )
+    raise ValueError(f"LEDGER_URL must be sqlite:///PATH or postgresql://..., not {backend!r}")
+
+
+def _tune_sqlite(engine: Engine) -> None:
+    """WAL for concurrent readers, a busy timeout for concurrent writers, and BEGIN IMMEDIATE so a
+    transaction that will write takes the write lock up front instead of failing to upgrade later."""
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _create_schema(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        # Several processes may start at once; serialise DDL on an advisory lock.
+        connection.execute(sa.text("SELECT pg_advisory_xact_lock(7247736865)"))
+    metadata.create_all(connection, checkfirst=True)
+
+
+def _ensure_sqlite_folder(url: str) -> None:
+    database = sa.make_url(url).database
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+
+
+class SyncLedger:
+    """The ledger for synchronous callers: producers, the CLI, reports."""
+
+    def __init__(self, url: str) -> None:
+        sync_url, _ = _urls(url)
+        self.dialect = sa.make_url(sync_url).get_backend_name()
+        if self.dialect == "sqlite":
+            _ensure_sqlite_folder(sync_url)
+        self._engine = sa.create_engine(sync_url, pool_pre_ping=True)
+        if self.dialect == "sqlite":
+            _tune_sqlite(self._engine)
+        with self._engine.begin() as connection:
+            _create_schema(connection)
+
+    def __repr__(self) -> str:
+        return f"SyncLedger({self._engine.url.render_as_string(hide_password=True)!r})"
+
+    def run(self, operation: Callable[Concatenate[Connection, P], R], *args: P.args, **kwargs: P.kwargs) -> R:
+        with self._engine.begin() as connection:
+            return operation(connection, *args, **kwargs)
+
+    def create_jobs(self, new_jobs: Sequence[NewJob]) -> list[tuple[Job, bool]]:
+        return self.run(op_create_jobs, new_jobs, time.time())
+
+    def get(self, job_id: str) -> Job:
+        job = self.run(op_get, job_id)
+        if job is None:
+            raise JobNotFound(f"no job {job_id!r}")
+        return job
+
+    def events(self, job_id: str) -> list[Event]:
+        return self.run(op_events, job_id)
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+
+class Ledger:
+    """The ledger for the worker's event loop; every call is one transaction."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    @classmethod
+    async def open(cls, url: str, pool_size: int = 10) -> Ledger:
+        _, async_url = _urls(url)
+        backend = sa.make_url(async_url).get_backend_name()
+        if backend == "sqlite":
+            _ensure_sqlite_folder(async_url)
+            engine = create_async_engine(async_url)
+            _tune_sqlite(engine.sync_engine)
+        else:
+            engine = create_async_engine(async_url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+        ledger = cls(engine)
+        async with engine.begin() as connection:
+            await connection.run_sync(_create_schema)
+        return ledger
+
+    def __repr__(self) -> str:
+        return f"Ledger({self._engine.url.render_as_string(hide_password=True)!r})"
+
+    async def run(self, operation: Callable[Concatenate[Connection, P], R], *args: P.args, **kwargs: P.kwargs) -> R:
+        async with self._engine.begin() as connection:
+            return await connection.run_sync(operation, *args, **kwargs)
+
+    async def get(self, job_id: str) -> Job | None:
+        return await self.run(op_get, job_id)
+
+    async def close(self) -> None:
+        await self._engine.dispose()

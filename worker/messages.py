@@ -1,0 +1,72 @@
+"""Decoding a job message from the queue, whoever published it.
+
+Two forms are accepted as task kwargs (JSON only):
+- ``{"job_id": "..."}`` from this package's producers: the job is already in the ledger;
+- ``{"request": {...wire form...}, "idempotency_key": "...", "campaign": "..."}`` from any other producer:
+  the worker creates the job itself, idempotently (its id is the message's task id, so a redelivery finds it).
+Anything else is recorded as a dead message with the reason, and the worker carries on.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from worker.errors import IdempotencyConflict, ValidationError
+from worker.ledger import Job, op_create_jobs, op_record_dead_message
+from worker.logs import get_logger
+from worker.models import parse_transfer
+from worker.producer import prepare_job
+from worker.transfer import Context, send_job
+
+log = get_logger(__name__)
+_KNOWN = {"job_id", "request", "idempotency_key", "campaign"}
+_MAX_KEY = 512
+
+
+class BadMessage(ValueError):
+    """The message cannot become a job."""
+
+
+async def record_dead_message(ctx: Context, message_id: str | None, reason: str, payload: object) -> None:
+    text = payload if isinstance(payload, str) else json.dumps(payload, default=repr)[:100_000]
+    await ctx.ledger.run(op_record_dead_message, message_id, reason, text, ctx.clock())
+    log.error("message.dead", message_id=message_id, reason=reason)
+
+
+def _job_from_kwargs(task_id: str, kwargs: Mapping[str, Any]) -> tuple[str, Any]:
+    unknown = sorted(set(kwargs) - _KNOWN)
+    if unknown:
+        raise BadMessage(f"unknown message fields: {', '.join(unknown)}")
+    job_id = kwargs.get("job_id")
+    if job_id is not None and (not isinstance(job_id, str) or not job_id or len(job_id) > 64):
+        raise BadMessage("job_id must be a non-empty string of at most 64 characters")
+    for name in ("idempotency_key", "campaign"):
+        value = kwargs.get(name)
+        if value is not None and (not isinstance(value, str) or not value.strip() or len(value) > _MAX_KEY):
+            raise BadMessage(f"{name} must be a non-empty string of at most {_MAX_KEY} characters")
+    if job_id is None and "request" not in kwargs:
+        raise BadMessage("message carries neither job_id nor request")
+    return job_id or task_id, kwargs.get("request")
+
+
+async def handle_message(ctx: Context, task_id: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Job | None:
+    """Turn one task message into a sent job; a bad message becomes a dead-message record, never an exception."""
+    try:
+        if args:
+            raise BadMessage("positional arguments are not accepted; send keyword arguments")
+        job_id, request = _job_from_kwargs(task_id, kwargs)
+        if request is not None:
+            parsed = parse_transfer(request, where="message request")
+            new_job = prepare_job(
+                parsed, job_id=job_id, idempotency_key=kwargs.get("idempotency_key"), campaign=kwargs.get("campaign")
+            )
+            ((job, created),) = await ctx.ledger.run(op_create_jobs, [new_job], ctx.clock())
+            if created:
+                log.info("job.created_from_message", job_id=job.id, message_id=task_id)
+            job_id = job.id
+    except (BadMessage, ValidationError, IdempotencyConflict) as error:
+        await record_dead_message(ctx, task_id, str(error), {"args": list(args), "kwargs": dict(kwargs)})
+        return None
+    return await send_job(job_id, ctx)

@@ -1,0 +1,132 @@
+"""The producer API: validate, write the job to the ledger, publish its message. Nothing of the worker's
+task code is imported here; messages go out by task name.
+
+    from worker import enqueue_transfer
+    job_id = enqueue_transfer(call_connection_id="...", target="4:+15551234567", idempotency_key="crm-123")
+
+A job exists once its ledger row is written; if publishing then fails, the sweeper publishes it later.
+Enqueueing the same idempotency key again returns the existing job and sends nothing again.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery
+
+from worker.celery_app import create_app
+from worker.config import Settings
+from worker.ledger import Job, NewJob, SyncLedger
+from worker.logs import get_logger
+from worker.models import TransferRequest, new_request_id, parse_transfer, request_id_for_key
+from worker.publisher import Publisher
+
+log = get_logger(__name__)
+
+
+def prepare_job(
+    request: TransferRequest,
+    *,
+    job_id: str | None = None,
+    idempotency_key: str | None = None,
+    campaign: str | None = None,
+) -> NewJob:
+    """Freeze a validated request as a job: its id, its request id and the exact body bytes."""
+    request_id = request_id_for_key(idempotency_key) if idempotency_key is not None else new_request_id()
+    return NewJob(
+        id=job_id or str(uuid.uuid4()),
+        request_id=request_id,
+        call_connection_id=request.call_connection_id,
+        body=request.body_bytes(),
+        idempotency_key=idempotency_key,
+        campaign=campaign,
+    )
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    job: Job
+    created: bool
+
+    @property
+    def job_id(self) -> str:
+        return self.job.id
+
+
+class Producer:
+    """Enqueues transfers for one configuration. Thread-safe; reuse one per process."""
+
+    def __init__(self, settings: Settings | None = None, app: Celery | None = None) -> None:
+        self.settings = settings or Settings.from_env()
+        self.ledger = SyncLedger(self.settings.ledger_url)
+        self.publisher = Publisher(app or create_app(self.settings), self.settings)
+
+    def enqueue(
+        self,
+        request: TransferRequest | Mapping[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        campaign: str | None = None,
+    ) -> Enqueued:
+        if not isinstance(request, TransferRequest):
+            request = parse_transfer(request)
+        if idempotency_key is not None and not idempotency_key.strip():
+            raise ValueError("idempotency_key must not be blank")
+        new_job = prepare_job(request, idempotency_key=idempotency_key, campaign=campaign)
+        ((job, created),) = self.ledger.create_jobs([new_job])
+        if created:
+            try:
+                self.publisher.publish([job.id])
+            except Exception as error:
+                log.warning("job.publish_deferred", job_id=job.id, error=f"{type(error).__name__}: {error}")
+        else:
+            log.info("job.exists", job_id=job.id, idempotency_key=idempotency_key, state=job.state)
+        return Enqueued(job, created)
+
+    def close(self) -> None:
+        self.ledger.close()
+
+
+_default: Producer | None = None
+_default_lock = threading.Lock()
+
+
+def default_producer() -> Producer:
+    global _default  # noqa: PLW0603 - one lazily built producer per process
+    with _default_lock:
+        if _default is None:
+            _default = Producer()
+        return _default
+
+
+def enqueue_transfer(
+    call_connection_id: str,
+    target: str | Mapping[str, Any],
+    *,
+    transferee: str | Mapping[str, Any] | None = None,
+    operation_context: str | None = None,
+    callback_uri: str | None = None,
+    source_caller_id: str | None = None,
+    sip_headers: Mapping[str, str] | None = None,
+    voip_headers: Mapping[str, str] | None = None,
+    idempotency_key: str | None = None,
+    campaign: str | None = None,
+) -> str:
+    """Validate and enqueue one transfer; returns the job id. Raises `ValidationError` naming each bad field."""
+    message: dict[str, Any] = {"callConnectionId": call_connection_id, "targetParticipant": target}
+    optional = {
+        "transferee": transferee,
+        "operationContext": operation_context,
+        "operationCallbackUri": callback_uri,
+        "sourceCallerIdNumber": source_caller_id,
+    }
+    message.update({key: value for key, value in optional.items() if value is not None})
+    if sip_headers or voip_headers:
+        context = {"sipHeaders": sip_headers, "voipHeaders": voip_headers}
+        message["customCallingContext"] = {key: dict(value) for key, value in context.items() if value}
+    result = default_producer().enqueue(message, idempotency_key=idempotency_key, campaign=campaign)
+    return result.job_id

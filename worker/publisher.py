@@ -1,0 +1,57 @@
+"""Publishing job messages: by task name, so producers never import worker code.
+
+A message carries the job id (which is also the Celery task id) and nothing else the worker must trust:
+the job itself is in the ledger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from celery import Celery
+from kombu.exceptions import OperationalError as BrokerError
+
+from worker.broker import TASK_NAME, transfer_queue
+from worker.config import Settings
+from worker.logs import get_logger
+
+log = get_logger(__name__)
+
+
+class Publisher:
+    """Sends job messages over the app's pooled broker connection."""
+
+    def __init__(self, app: Celery, settings: Settings) -> None:
+        self._app = app
+        self._queue = transfer_queue(settings)
+
+    def publish(self, job_ids: Iterable[str]) -> int:
+        count = 0
+        with self._app.producer_or_acquire() as producer:
+            for job_id in job_ids:
+                self._app.send_task(
+                    TASK_NAME,
+                    kwargs={"job_id": job_id},
+                    task_id=job_id,
+                    queue=self._queue.name,
+                    producer=producer,
+                    ignore_result=True,
+                )
+                count += 1
+        return count
+
+    def queue_depth(self) -> int | None:
+        """Messages ready in the transfer queue, or None when the broker cannot tell."""
+        try:
+            with self._app.connection_for_write() as connection:
+                channel: Any = connection.default_channel
+                declared = channel.queue_declare(
+                    queue=self._queue.name, passive=True, arguments=self._queue.queue_arguments
+                )
+                return int(declared.message_count)
+        except BrokerError:
+            return None
+        except Exception as error:
+            log.debug("broker.queue_depth_unknown", error=str(error))
+            return None

@@ -1,0 +1,117 @@
+"""The per-process runtime: one event loop thread, one aiohttp session, one ledger pool, one sweeper.
+
+Celery's threads pool runs many tasks at once; each hands its coroutine to this loop and waits, so one process
+keeps many requests in flight over one connection pool. Created lazily after fork, never per task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Coroutine
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from worker.acs import AcsClient
+from worker.celery_app import create_app
+from worker.config import Settings
+from worker.ledger import Ledger
+from worker.logs import get_logger, register_secret
+from worker.publisher import Publisher
+from worker.sweeper import run_sweeper
+from worker.transfer import Context
+
+T = TypeVar("T")
+log = get_logger(__name__)
+
+
+class Runtime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.pid = os.getpid()
+        self.publisher = Publisher(create_app(settings), settings)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="acs-transfer-loop", daemon=True)
+        self._context: Context | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def start(self, sweep: bool = True) -> None:
+        self._thread.start()
+        self.run(self._open(sweep))
+        log.info("worker.started", worker_id=self.worker_id, settings=repr(self.settings))
+
+    async def _open(self, sweep: bool) -> None:
+        credentials = self.settings.acs
+        register_secret(credentials.access_key)
+        register_secret(self.settings.acs_connection_string)
+        client = AcsClient(
+            credentials,
+            self.settings.api_version,
+            self.settings.connect_timeout,
+            self.settings.request_timeout,
+            self.settings.max_connections,
+        )
+        ledger = await Ledger.open(self.settings.ledger_url, pool_size=min(self.settings.worker_concurrency, 20))
+        self._context = Context(self.settings, ledger, client, self.worker_id)
+        if sweep:
+            self._sweeper = asyncio.get_running_loop().create_task(
+                run_sweeper(self._context, self.publisher.publish, self.publisher.queue_depth)
+            )
+
+    @property
+    def context(self) -> Context:
+        assert self._context is not None, "Runtime.start() was not called"
+        return self._context
+
+    def submit(self, coroutine: Coroutine[Any, Any, T]) -> Future[T]:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine on the process's loop from any other thread and wait for its result."""
+        return self.submit(coroutine).result()
+
+    async def _close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self._context is not None:
+            sender = self._context.sender
+            if isinstance(sender, AcsClient):
+                await sender.close()
+            await self._context.ledger.close()
+
+    def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
+        try:
+            self.run(self._close())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+            log.info("worker.stopped", worker_id=self.worker_id)
+
+
+_runtime: Runtime | None = None
+_lock = threading.Lock()
+
+
+def get_runtime() -> Runtime:
+    """This process's runtime, started on first use (and again in a forked child)."""
+    global _runtime  # noqa: PLW0603 - one runtime per process by design
+    with _lock:
+        if _runtime is None or _runtime.pid != os.getpid():
+            runtime = Runtime(Settings.from_env())
+            runtime.start()
+            _runtime = runtime
+        return _runtime
+
+
+def stop_runtime() -> None:
+    global _runtime  # noqa: PLW0603
+    with _lock:
+        if _runtime is not None and _runtime.pid == os.getpid():
+            _runtime.stop()
+        _runtime = None

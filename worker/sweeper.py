@@ -1,0 +1,59 @@
+"""The sweeper: re-publishes jobs whose message may have been lost, so no broker loss loses a job.
+
+Two cases: a job held by a worker whose lease ran out (the worker died mid-job; its message may have been
+acknowledged, dropped or redelivered while the lease was still live), and a job still queued long after it
+was published while the queue is empty (the broker lost the message). One worker sweeps at a time, under a
+lease in the ledger; a re-published job that turns out to be alive is skipped by the claim.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+
+from worker.ledger import op_due_for_publish, op_take_lease
+from worker.logs import get_logger
+from worker.transfer import Context
+
+log = get_logger(__name__)
+SWEEP_LEASE = "sweeper"
+BATCH = 1000
+
+
+async def sweep_once(
+    ctx: Context,
+    publish: Callable[[Iterable[str]], int],
+    queue_depth: Callable[[], int | None],
+) -> int:
+    """One pass; returns how many jobs were re-published."""
+    settings = ctx.settings
+    now = ctx.clock()
+    if not await ctx.ledger.run(op_take_lease, SWEEP_LEASE, ctx.worker_id, now, now + 3 * settings.sweep_interval):
+        return 0
+    depth = await asyncio.to_thread(queue_depth)
+    # With messages still waiting, a queued job is most likely among them: re-publish only held jobs then.
+    include_queued = depth == 0
+    due = await ctx.ledger.run(op_due_for_publish, now, now - settings.republish_after, include_queued, BATCH)
+    if not due:
+        return 0
+    await asyncio.to_thread(publish, [job_id for job_id, _ in due])
+    held = sum(1 for _, state in due if state != "queued")
+    log.warning("sweeper.republished", jobs=len(due), expired_leases=held, queued=len(due) - held, queue_depth=depth)
+    return len(due)
+
+
+async def run_sweeper(
+    ctx: Context,
+    publish: Callable[[Iterable[str]], int],
+    queue_depth: Callable[[], int | None],
+) -> None:
+    """Sweep every `sweep_interval` seconds until cancelled; errors are logged, never fatal."""
+    while True:
+        try:
+            swept = await sweep_once(ctx, publish, queue_depth)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            log.error("sweeper.failed", error=f"{type(error).__name__}: {error}")
+            swept = 0
+        await asyncio.sleep(0 if swept == BATCH else ctx.settings.sweep_interval)

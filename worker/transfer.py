@@ -1,0 +1,165 @@
+"""The send logic: claim a job, send it until ACS gives a final answer or the repeatability window closes.
+
+Async and free of Celery, so it is tested directly. The invariants it keeps:
+- the request id, the body bytes and First-Sent of a job never change across attempts, workers or crashes;
+- First-Sent is stored before the first request leaves (`op_start_attempt` commits before the POST);
+- a retry starts only while the window since First-Sent (less a safety margin) is still open; past it, or on
+  412, the job becomes ``unknown`` and is never re-sent under a new request id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import structlog
+
+from worker.acs import Answer, Outcome
+from worker.config import Settings
+from worker.ledger import Job, Ledger, State, op_claim, op_start_attempt, op_transition
+from worker.logs import get_logger
+from worker.signing import http_date
+
+log = get_logger(__name__)
+
+
+class Sender(Protocol):
+    async def transfer(self, call_connection_id: str, body: bytes, request_id: str, first_sent: str) -> Answer: ...
+
+
+@dataclass
+class Context:
+    """What the send logic needs from its process: settings, ledger, ACS client, identity, clock."""
+
+    settings: Settings
+    ledger: Ledger
+    sender: Sender
+    worker_id: str
+    clock: Callable[[], float] = time.time
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    rng: random.Random = field(default_factory=random.Random)
+
+
+def backoff_delay(attempt: int, base: float, cap: float, server_hint: float | None, rng: random.Random) -> float:
+    """Capped exponential backoff with jitter, never shorter than the server asked for."""
+    ceiling = min(cap, base * 2 ** (attempt - 1))
+    return max(rng.uniform(ceiling / 2, ceiling), server_hint or 0.0)
+
+
+async def send_job(job_id: str, ctx: Context) -> Job | None:
+    """Take the job and drive it to a settled state (or leave it to the worker that holds it)."""
+    now = ctx.clock()
+    claimed = await ctx.ledger.run(op_claim, job_id, ctx.worker_id, now, now + ctx.settings.claim_lease)
+    if claimed is None:
+        current = await ctx.ledger.get(job_id)
+        _log_skip(job_id, current, now)
+        return current
+    job, before = claimed
+    with structlog.contextvars.bound_contextvars(
+        job_id=job.id, call_connection_id=job.call_connection_id, request_id=job.request_id
+    ):
+        detail = None if before == State.QUEUED else "taken over after the previous holder's lease expired"
+        log.info("job.transition", from_state=before, to_state=State.SENDING, attempt=job.attempts, detail=detail)
+        return await _drive(job, ctx)
+
+
+def _log_skip(job_id: str, job: Job | None, now: float) -> None:
+    if job is None:
+        log.warning("job.skipped", job_id=job_id, reason="no such job in the ledger")
+    elif job.state in State.HELD:
+        log.info(
+            "job.skipped",
+            job_id=job_id,
+            reason=f"held by {job.worker} for {max(0.0, (job.lease_until or now) - now):.1f}s more",
+        )
+    else:
+        log.info("job.skipped", job_id=job_id, reason=f"already {job.state}")
+
+
+async def _drive(job: Job, ctx: Context) -> Job | None:
+    settings = ctx.settings
+    body = job.body.encode()
+    while True:
+        now = ctx.clock()
+        first_sent = job.first_sent if job.first_sent is not None else int(now)
+        deadline = first_sent + settings.send_deadline
+        if now >= deadline:
+            detail = f"repeatability window closed before attempt {job.attempts + 1}; last answer: {job.last_message}"
+            return await _settle(job, ctx, State.UNKNOWN, None, detail)
+        attempt = job.attempts + 1
+        lease_until = now + settings.request_timeout + settings.claim_lease
+        started = await ctx.ledger.run(
+            op_start_attempt, job.id, ctx.worker_id, job.state, attempt, first_sent, now, lease_until
+        )
+        if started is None:
+            log.warning("job.lost_claim", attempt=attempt, reason="another worker took the job over")
+            return None
+        job = started
+        assert job.first_sent is not None
+        answer = await ctx.sender.transfer(job.call_connection_id, body, job.request_id, http_date(job.first_sent))
+        log.info(
+            "acs.attempt",
+            attempt=attempt,
+            status=answer.status,
+            outcome=answer.outcome.value,
+            reach=answer.reach.value,
+            duration_ms=round(answer.duration_ms, 1),
+            repeatability_result=answer.repeatability_result,
+            error=answer.error_code,
+            retry_after=answer.retry_after,
+        )
+        if answer.outcome is Outcome.ACCEPTED:
+            return await _settle(job, ctx, State.ACCEPTED, answer, "accepted by ACS")
+        if answer.outcome is Outcome.PERMANENT:
+            return await _settle(job, ctx, State.FAILED, answer, f"rejected by ACS: {answer.summary}")
+        if answer.outcome is Outcome.STALE:
+            detail = (
+                f"ACS says the repeatability window has passed ({answer.summary}); earlier attempts' effect unknown"
+            )
+            return await _settle(job, ctx, State.UNKNOWN, answer, detail)
+        delay = backoff_delay(attempt, settings.backoff_base, settings.backoff_cap, answer.retry_after, ctx.rng)
+        resume_at = ctx.clock() + delay
+        if resume_at >= deadline:
+            detail = f"a retry in {delay:.1f}s would fall outside the repeatability window; last: {answer.summary}"
+            return await _settle(job, ctx, State.UNKNOWN, answer, detail)
+        waiting = await _transition(
+            job, ctx, State.RETRY_WAIT, answer, f"retry in {delay:.2f}s after {answer.summary}", resume_at
+        )
+        if waiting is None:
+            return None
+        job = waiting
+        await ctx.sleep(delay)
+
+
+async def _settle(job: Job, ctx: Context, state: str, answer: Answer | None, detail: str) -> Job | None:
+    return await _transition(job, ctx, state, answer, detail, None)
+
+
+async def _transition(
+    job: Job, ctx: Context, state: str, answer: Answer | None, detail: str, resume_at: float | None
+) -> Job | None:
+    now = ctx.clock()
+    lease_until = None if resume_at is None else resume_at + ctx.settings.claim_lease
+    moved = await ctx.ledger.run(
+        op_transition,
+        job.id,
+        ctx.worker_id,
+        job.state,
+        state,
+        now,
+        lease_until=lease_until,
+        status=answer.status if answer else None,
+        error=answer.error_code if answer else "window_closed",
+        message=answer.summary if answer else detail,
+        detail=detail,
+    )
+    if moved is None:
+        log.warning("job.lost_claim", to_state=state, reason="another worker took the job over")
+        return None
+    log_method = log.info if state in {State.ACCEPTED, State.RETRY_WAIT} else log.warning
+    log_method("job.transition", from_state=job.state, to_state=state, attempt=job.attempts, detail=detail)
+    return moved
