@@ -14,7 +14,7 @@ from typing import Any
 
 from worker.errors import Issue
 
-E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
+E164 = re.compile(r"\A\+[1-9][0-9]{1,14}\Z")  # \Z: "$" would also match before a trailing newline
 
 # (prefix, kind, cloud, anonymous), longest prefix first so "8:dod-acs:" wins over "8:dod:".
 _PREFIXES = sorted(
@@ -87,8 +87,10 @@ def _bad_text(text: str) -> str | None:
         return "must not be empty"
     if len(text) > _MAX_ID_LENGTH:
         return f"must be at most {_MAX_ID_LENGTH} characters"
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text):
+    if any(ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 for ch in text):
         return "must not contain control characters"
+    if any(0xD800 <= ord(ch) < 0xE000 for ch in text):
+        return "must not contain lone surrogates (not encodable as UTF-8)"
     return None
 
 
@@ -124,7 +126,11 @@ def _parse_model(model: Mapping[Any, Any], field: str) -> tuple[Identifier | Non
         return None, [Issue(field, f"must set only one of {', '.join(present)}")]
     if not present:
         if isinstance(raw_id, str):
-            return _parse_raw_id(raw_id, f"{field}.rawId")
+            identifier, issues = _parse_raw_id(raw_id, f"{field}.rawId")
+            kind_field = model.get("kind")
+            if identifier is not None and kind_field not in (None, "unknown", identifier.kind):
+                return None, [Issue(f"{field}.kind", f"is {kind_field!r} but rawId names a {identifier.kind}")]
+            return identifier, issues
         return None, [Issue(field, f"must set one of {', '.join(_KINDS)} or rawId")]
     kind = present[0]
     kind_field = model.get("kind")
@@ -176,7 +182,8 @@ def _acs_user_model(detail: Mapping[Any, Any], field: str) -> tuple[Identifier |
         return None, issues
     if not value.startswith(_ACS_USER_PREFIXES):
         return None, [Issue(f"{field}.id", "must start with 8:acs:, 8:spool:, 8:dod-acs: or 8:gcch-acs:")]
-    return Identifier("communicationUser", value, value), []
+    # The id is a raw id: parse it as one so an empty suffix is refused and 8:dod-acs:/8:gcch-acs: keep their cloud.
+    return _parse_raw_id(value, f"{field}.id")
 
 
 def _teams_user_model(detail: Mapping[Any, Any], field: str) -> tuple[Identifier | None, list[Issue]]:

@@ -116,7 +116,8 @@ def parse_transfer(data: object, where: str = "") -> TransferRequest:
         raise ValidationError([Issue("(request)", "must be a JSON object")], where)
     issues: list[Issue] = []
     unknown = sorted(str(key) for key in data if key not in _FIELDS)
-    issues += [Issue(key, "is not a field of a transfer request") for key in unknown]
+    # A blank key would make a blank field name: quote it instead.
+    issues += [Issue(key if key.strip() else repr(key), "is not a field of a transfer request") for key in unknown]
 
     call_connection_id = _call_connection_id(data.get("callConnectionId"), issues)
     target = _identifier(data, "targetParticipant", issues, required=True)
@@ -146,6 +147,11 @@ def _has_control_characters(text: str) -> bool:
     return any(ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 for ch in text)
 
 
+def _has_lone_surrogates(text: str) -> bool:
+    """JSON can carry an unpaired ``\\ud800``; such a string has no UTF-8 form, so it could never be sent."""
+    return any(0xD800 <= ord(ch) < 0xE000 for ch in text)
+
+
 def _call_connection_id(value: object, issues: list[Issue]) -> str | None:
     name = "callConnectionId"
     if not isinstance(value, str):
@@ -155,6 +161,8 @@ def _call_connection_id(value: object, issues: list[Issue]) -> str | None:
         issues.append(Issue(name, "must not be empty"))
     elif value != value.strip() or _has_control_characters(value):
         issues.append(Issue(name, "must not contain whitespace at its ends or control characters"))
+    elif _has_lone_surrogates(value):
+        issues.append(Issue(name, "must not contain lone surrogates (not encodable as UTF-8)"))
     elif value in {".", ".."}:
         issues.append(Issue(name, "must not be a dot segment"))
     elif len(encode_path_segment(value)) > MAX_CALL_CONNECTION_ID_LENGTH:
@@ -177,9 +185,9 @@ def _identifier(data: Mapping[Any, Any], name: str, issues: list[Issue], require
 
 def _optional_string(data: Mapping[Any, Any], name: str, issues: list[Issue]) -> str | None:
     value = data.get(name)
-    if value is None or isinstance(value, str):
+    if value is None or (isinstance(value, str) and not _has_lone_surrogates(value)):
         return value
-    issues.append(Issue(name, "must be a string"))
+    issues.append(Issue(name, "must be a string encodable as UTF-8 (no lone surrogates)"))
     return None
 
 
@@ -201,6 +209,10 @@ def _callback_uri(value: object, issues: list[Issue]) -> str | None:
         return None
     if len(value) > MAX_URI_LENGTH or _has_control_characters(value) or " " in value:
         issues.append(Issue(name, f"must be a URI of at most {MAX_URI_LENGTH} characters without spaces"))
+        return None
+    if "\\" in value or _has_lone_surrogates(value):
+        # WHATWG and .NET parsers read a backslash as "/": http://evil\@127.0.0.1/ would reach evil, not loopback.
+        issues.append(Issue(name, "must not contain backslashes or lone surrogates"))
         return None
     try:
         parts = urlsplit(value)
@@ -248,8 +260,8 @@ def _string_map(value: object, name: str, issues: list[Issue]) -> dict[str, str]
     for key, header_value in value.items():
         if not isinstance(key, str) or not isinstance(header_value, str):
             issues.append(Issue(f"{name}[{key!r}]", "keys and values must be strings"))
-        elif not key or _has_control_characters(key) or _has_control_characters(header_value):
-            issues.append(Issue(f"{name}[{key!r}]", "must be non-empty and free of control characters"))
+        elif not key or any(_has_control_characters(t) or _has_lone_surrogates(t) for t in (key, header_value)):
+            issues.append(Issue(f"{name}[{key!r}]", "must be non-empty, without control characters or lone surrogates"))
         else:
             headers[key] = header_value
     return headers

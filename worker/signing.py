@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from datetime import timedelta
 from email.utils import formatdate, parsedate_to_datetime
 
 SIGNED_HEADERS = "x-ms-date;host;x-ms-content-sha256"
@@ -29,7 +30,8 @@ def parse_http_date(text: str) -> float | None:
         moment = parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError):
         return None
-    if moment.tzinfo is None or not text.rstrip().endswith("GMT"):
+    # "... 08:49:37 EST GMT" ends with GMT yet parses as EST: insist on a zero offset too.
+    if moment.tzinfo is None or moment.utcoffset() != timedelta(0) or not text.rstrip().endswith("GMT"):
         return None
     return moment.timestamp()
 
@@ -67,6 +69,8 @@ def verify(
     headers: dict[str, str],
 ) -> str | None:
     """None when the headers authenticate this exact request, else why not (without any secret)."""
+    # Header names are case-insensitive: accept sign()'s "Authorization" too (first occurrence wins).
+    headers = {name.lower(): value for name, value in reversed(list(headers.items()))}
     authorization = headers.get("authorization", "")
     if not authorization.startswith(_AUTH_PREFIX):
         return "missing or malformed HMAC-SHA256 Authorization header"
