@@ -1,0 +1,86 @@
+"""The effects ledger: every transfer that took effect, the ground truth tests check for doubles.
+
+One entry per (callConnectionId, requestId) with how many times it took effect; counts per call
+connection are kept too, because a doubled transfer under two different request ids is the bug the
+worker must never cause.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class TransferEffect:
+    call_connection_id: str
+    request_id: str | None
+    body: Any
+    effects: int = 0
+    effect_times: list[float] = field(default_factory=list)
+
+    @property
+    def first_effect_at(self) -> float:
+        return self.effect_times[0]
+
+    @property
+    def last_effect_at(self) -> float:
+        return self.effect_times[-1]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "callConnectionId": self.call_connection_id,
+            "requestId": self.request_id,
+            "body": self.body,
+            "effects": self.effects,
+            "firstEffectAt": self.first_effect_at,
+            "lastEffectAt": self.last_effect_at,
+        }
+
+
+class EffectsLedger:
+    def __init__(self) -> None:
+        self._transfers: dict[tuple[str, str | None], TransferEffect] = {}
+        self._by_call: Counter[str] = Counter()
+
+    def record(self, call_connection_id: str, request_id: str | None, body: Any, now: float) -> TransferEffect:
+        key = (call_connection_id, request_id)
+        entry = self._transfers.get(key)
+        if entry is None:
+            entry = self._transfers[key] = TransferEffect(call_connection_id, request_id, body)
+        entry.effects += 1
+        entry.effect_times.append(now)
+        self._by_call[call_connection_id] += 1
+        return entry
+
+    def clear(self) -> None:
+        self._transfers.clear()
+        self._by_call.clear()
+
+    @property
+    def transfers(self) -> list[TransferEffect]:
+        """In order of first effect."""
+        return list(self._transfers.values())
+
+    @property
+    def total_effects(self) -> int:
+        return sum(self._by_call.values())
+
+    def effects_for_call(self, call_connection_id: str) -> int:
+        return self._by_call[call_connection_id]
+
+    def effects_for(self, call_connection_id: str, request_id: str | None) -> int:
+        entry = self._transfers.get((call_connection_id, request_id))
+        return 0 if entry is None else entry.effects
+
+    def calls_with_more_than_one_effect(self) -> list[str]:
+        return [call for call, count in self._by_call.items() if count > 1]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "transfers": [entry.to_json() for entry in self._transfers.values()],
+            "totalEffects": self.total_effects,
+            "effectsByCall": dict(self._by_call),
+            "callsWithMoreThanOneEffect": self.calls_with_more_than_one_effect(),
+        }

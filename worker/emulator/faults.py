@@ -1,0 +1,283 @@
+"""The fault plan: which transfer requests fail, how, and at which stage.
+
+JSON form (``PUT /_emulator/faults``; every key optional)::
+
+    {"latency_ms": 50, "seed": 7,
+     "script":  [FAULT, ...],                      # consumed in order, one per transfer request, any call
+     "by_call": {"<callConnectionId>": [FAULT, ...]},  # consumed first for requests on that call
+     "random":  {"rate": 0.1, "faults": [FAULT, ...]}} # otherwise, with probability rate, one at random
+
+    FAULT = {"kind": "status", "status": 503, "stage": "before"|"after"|"answer",
+             "retry_after": 1.5, "retry_after_header": "Retry-After"|"retry-after-ms"|"x-ms-retry-after-ms"}
+          | {"kind": "timeout", "stage": "before"|"after", "seconds": 30}
+          | {"kind": "drop", "stage": "before"|"after"}
+
+``stage`` defaults to ``before``, ``seconds`` to 30 and ``retry_after_header`` to ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+
+FaultKind = Literal["status", "timeout", "drop"]
+FaultStage = Literal["before", "after", "answer"]
+
+KINDS: tuple[FaultKind, ...] = ("status", "timeout", "drop")
+STAGES: tuple[FaultStage, ...] = ("before", "after", "answer")
+RETRY_AFTER_HEADERS = ("Retry-After", "retry-after-ms", "x-ms-retry-after-ms")
+MAX_SECONDS = 3600.0
+
+_FAULT_KEYS: dict[str, frozenset[str]] = {
+    "status": frozenset({"kind", "stage", "status", "retry_after", "retry_after_header"}),
+    "timeout": frozenset({"kind", "stage", "seconds"}),
+    "drop": frozenset({"kind", "stage"}),
+}
+_PLAN_KEYS = frozenset({"latency_ms", "seed", "script", "by_call", "random"})
+
+
+class FaultPlanError(ValueError):
+    """A fault plan is malformed; `field` names where (e.g. ``script[2].status``)."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field}: {problem}")
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One injected failure. Build it directly or with `Fault.from_json`; the constructor validates."""
+
+    kind: FaultKind
+    stage: FaultStage = "before"
+    status: int | None = None
+    retry_after: float | None = None
+    retry_after_header: str = "Retry-After"
+    seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        _check_fault(self, "fault")
+
+    @classmethod
+    def from_json(cls, data: object, where: str = "fault") -> Fault:
+        if not isinstance(data, Mapping):
+            raise FaultPlanError(where, "must be an object")
+        kind = data.get("kind")
+        if kind not in KINDS:
+            raise FaultPlanError(f"{where}.kind", f"must be one of {', '.join(KINDS)}")
+        extra = sorted(str(key) for key in data if key not in _FAULT_KEYS[kind])
+        if extra:
+            raise FaultPlanError(f"{where}.{extra[0]}", f"is not a property of a {kind} fault")
+        stage = data.get("stage", "before")
+        if stage not in STAGES:
+            raise FaultPlanError(f"{where}.stage", f"must be one of {', '.join(STAGES)}")
+        header = data.get("retry_after_header", "Retry-After")
+        if not isinstance(header, str):
+            raise FaultPlanError(f"{where}.retry_after_header", f"must be one of {', '.join(RETRY_AFTER_HEADERS)}")
+        if "retry_after_header" in data and "retry_after" not in data:
+            raise FaultPlanError(f"{where}.retry_after_header", "needs retry_after")
+        seconds = _number_or_none(data, "seconds", where) if "seconds" in data else 30.0
+        if seconds is None:
+            raise FaultPlanError(f"{where}.seconds", "must be a number")
+        try:
+            return cls(
+                kind=kind,
+                stage=stage,
+                status=data.get("status"),
+                retry_after=_number_or_none(data, "retry_after", where),
+                retry_after_header=header,
+                seconds=seconds,
+            )
+        except FaultPlanError as error:  # the constructor says "fault.status": report the JSON path instead
+            raise FaultPlanError(where + error.field.removeprefix("fault"), error.problem) from None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "stage": self.stage}
+        if self.kind == "status":
+            out["status"] = self.status
+            if self.retry_after is not None:
+                out["retry_after"] = self.retry_after
+                out["retry_after_header"] = self.retry_after_header
+        elif self.kind == "timeout":
+            out["seconds"] = self.seconds
+        return out
+
+    def retry_headers(self) -> dict[str, str]:
+        """The retry hint this fault sends; none when `retry_after` is unset (e.g. a bare 429)."""
+        if self.retry_after is None:
+            return {}
+        if self.retry_after_header == "Retry-After":
+            seconds = self.retry_after
+            return {"Retry-After": str(int(seconds)) if seconds == int(seconds) else f"{seconds:g}"}
+        return {self.retry_after_header: str(round(self.retry_after * 1000))}
+
+
+def _number_or_none(data: Mapping[Any, Any], name: str, where: str) -> float | None:
+    value = data.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise FaultPlanError(f"{where}.{name}", "must be a number")
+    return float(value)
+
+
+def _check_fault(fault: Fault, where: str) -> None:
+    if fault.kind not in KINDS:
+        raise FaultPlanError(f"{where}.kind", f"must be one of {', '.join(KINDS)}")
+    if fault.stage not in STAGES:
+        raise FaultPlanError(f"{where}.stage", f"must be one of {', '.join(STAGES)}")
+    if fault.stage == "answer" and fault.kind != "status":
+        raise FaultPlanError(f"{where}.stage", "answer is only for status faults (ACS itself answers)")
+    if fault.kind == "status":
+        status = fault.status
+        if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599:
+            raise FaultPlanError(f"{where}.status", "must be an integer from 400 to 599")
+    elif fault.status is not None:
+        raise FaultPlanError(f"{where}.status", f"is not a property of a {fault.kind} fault")
+    if fault.retry_after is not None and not 0 <= fault.retry_after <= MAX_SECONDS:
+        raise FaultPlanError(f"{where}.retry_after", f"must be from 0 to {MAX_SECONDS:g} seconds")
+    if fault.retry_after_header not in RETRY_AFTER_HEADERS:
+        raise FaultPlanError(f"{where}.retry_after_header", f"must be one of {', '.join(RETRY_AFTER_HEADERS)}")
+    if not (isinstance(fault.seconds, int | float) and 0 <= fault.seconds <= MAX_SECONDS):
+        raise FaultPlanError(f"{where}.seconds", f"must be a number from 0 to {MAX_SECONDS:g}")
+
+
+@dataclass(frozen=True)
+class RandomFaults:
+    """With probability `rate`, a request not covered by a script gets one of `faults`, chosen at random."""
+
+    rate: float
+    faults: tuple[Fault, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "faults", tuple(self.faults))
+        if isinstance(self.rate, bool) or not isinstance(self.rate, int | float) or not 0 <= self.rate <= 1:
+            raise FaultPlanError("random.rate", "must be a number from 0 to 1")
+        if self.rate > 0 and not self.faults:
+            raise FaultPlanError("random.faults", "must list at least one fault when rate > 0")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rate": self.rate, "faults": [fault.to_json() for fault in self.faults]}
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    """Latency plus the faults to inject. Immutable: the consumption state lives in `FaultDispenser`."""
+
+    latency_ms: float = 0.0
+    seed: int | None = None
+    script: Sequence[Fault] = ()
+    by_call: Mapping[str, Sequence[Fault]] = field(default_factory=dict)
+    random: RandomFaults | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "script", tuple(self.script))
+        frozen = {str(call): tuple(faults) for call, faults in self.by_call.items()}
+        object.__setattr__(self, "by_call", MappingProxyType(frozen))
+        latency = self.latency_ms
+        if isinstance(latency, bool) or not isinstance(latency, int | float) or not 0 <= latency <= MAX_SECONDS * 1000:
+            raise FaultPlanError("latency_ms", f"must be a number from 0 to {MAX_SECONDS * 1000:g}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise FaultPlanError("seed", "must be an integer or null")
+
+    def __hash__(self) -> int:
+        return hash((self.latency_ms, self.seed, self.script, tuple(self.by_call.items()), self.random))
+
+    @property
+    def latency(self) -> float:
+        """Seconds each executed request stays in progress before it takes effect."""
+        return self.latency_ms / 1000
+
+    @classmethod
+    def from_json(cls, data: object) -> FaultPlan:
+        """Parse and validate the JSON form; `FaultPlanError` names the first bad field."""
+        if not isinstance(data, Mapping):
+            raise FaultPlanError("(plan)", "must be a JSON object")
+        extra = sorted(str(key) for key in data if key not in _PLAN_KEYS)
+        if extra:
+            raise FaultPlanError(extra[0], f"is not a fault plan field (expected {', '.join(sorted(_PLAN_KEYS))})")
+        latency = data.get("latency_ms", 0)
+        if isinstance(latency, bool) or not isinstance(latency, int | float) or not math.isfinite(latency):
+            raise FaultPlanError("latency_ms", "must be a number")
+        seed = data.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise FaultPlanError("seed", "must be an integer or null")
+        script = _fault_list(data.get("script", []), "script")
+        by_call_data = data.get("by_call", {})
+        if not isinstance(by_call_data, Mapping):
+            raise FaultPlanError("by_call", "must be an object of callConnectionId to a list of faults")
+        by_call = {str(call): _fault_list(faults, f"by_call[{call!r}]") for call, faults in by_call_data.items()}
+        return cls(
+            latency_ms=float(latency),
+            seed=seed,
+            script=script,
+            by_call=by_call,
+            random=_random_faults(data.get("random")),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "latency_ms": self.latency_ms,
+            "seed": self.seed,
+            "script": [fault.to_json() for fault in self.script],
+            "by_call": {call: [fault.to_json() for fault in faults] for call, faults in self.by_call.items()},
+            "random": None if self.random is None else self.random.to_json(),
+        }
+
+
+def _fault_list(data: object, where: str) -> tuple[Fault, ...]:
+    if not isinstance(data, list):
+        raise FaultPlanError(where, "must be a list of faults")
+    return tuple(Fault.from_json(item, f"{where}[{index}]") for index, item in enumerate(data))
+
+
+def _random_faults(data: object) -> RandomFaults | None:
+    if data is None:
+        return None
+    if not isinstance(data, Mapping):
+        raise FaultPlanError("random", "must be an object with rate and faults")
+    extra = sorted(str(key) for key in data if key not in {"rate", "faults"})
+    if extra:
+        raise FaultPlanError(f"random.{extra[0]}", "is not a property of random (expected rate, faults)")
+    rate = data.get("rate")
+    if isinstance(rate, bool) or not isinstance(rate, int | float):
+        raise FaultPlanError("random.rate", "must be a number from 0 to 1")
+    return RandomFaults(float(rate), _fault_list(data.get("faults", []), "random.faults"))
+
+
+class FaultDispenser:
+    """Hands out the plan's faults, one decision per transfer request, in arrival order."""
+
+    def __init__(self, plan: FaultPlan) -> None:
+        self.load(plan)
+
+    def load(self, plan: FaultPlan) -> None:
+        """Replace the plan and restart its scripts and its random sequence."""
+        self.plan = plan
+        self._script = deque(plan.script)
+        self._by_call = {call: deque(faults) for call, faults in plan.by_call.items()}
+        # Not security-relevant: a seeded generator makes random fault runs reproducible.
+        self._random = random.Random(plan.seed)
+
+    def next_for(self, call_connection_id: str) -> Fault | None:
+        queue = self._by_call.get(call_connection_id)
+        if queue:
+            return queue.popleft()
+        if self._script:
+            return self._script.popleft()
+        chance = self.plan.random
+        if chance is not None and chance.rate > 0 and self._random.random() < chance.rate:
+            return self._random.choice(chance.faults)
+        return None
+
+    def remaining(self) -> dict[str, Any]:
+        return {
+            "script": len(self._script),
+            "by_call": {call: len(queue) for call, queue in self._by_call.items()},
+        }
