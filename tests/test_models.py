@@ -377,7 +377,6 @@ def test_operation_context_lone_surrogate() -> None:
         "http://127.255.255.254/cb",
         "http://127.1.2.3/",
         "http://[::1]:9000/cb",
-        "http://user@127.0.0.1/cb",
     ],
 )
 def test_callback_uri_accepted(schema: Draft4Validator, uri: str) -> None:
@@ -397,12 +396,17 @@ def test_callback_uri_accepted(schema: Draft4Validator, uri: str) -> None:
         "http://[::2]/cb",
         "http://localhost.contoso.com/cb",
         "http://127.0.0.1.nip.io/cb",
-        "http://127.0.0.1@evil.example/cb",
-        "http://localhost:80@evil.example/cb",
     ],
 )
 def test_callback_uri_http_only_to_loopback(uri: str) -> None:
     assert_issue(request(operationCallbackUri=uri), "operationCallbackUri", "https", "loopback")
+
+
+@pytest.mark.parametrize(
+    "uri", ["http://user@127.0.0.1/cb", "http://127.0.0.1@evil.example/cb", "http://localhost:80@evil.example/cb"]
+)
+def test_callback_uri_with_user_information_is_rejected(uri: str) -> None:
+    assert_issue(request(operationCallbackUri=uri), "operationCallbackUri", "user information")
 
 
 @pytest.mark.parametrize(
@@ -947,3 +951,18 @@ def test_any_input_parses_or_raises_validation_error(schema: Draft4Validator, da
         assert issue.rule.strip()
     assert str(error)
     json.dumps(error.as_json())
+
+
+def test_callback_uri_with_credentials_is_rejected() -> None:
+    with pytest.raises(ValidationError) as caught:
+        parse_transfer(
+            {
+                "callConnectionId": "call-1",
+                "targetParticipant": "4:+15551234567",
+                "operationCallbackUri": "https://user:secret@example.com/cb",
+            }
+        )
+    assert [(issue.field, issue.rule) for issue in caught.value.issues] == [
+        ("operationCallbackUri", "must not carry user information (user:password@)")
+    ]
+    assert "secret" not in str(caught.value)

@@ -223,6 +223,9 @@ def _callback_uri(value: object, issues: list[Issue]) -> str | None:
         return None
     if not host:
         issues.append(Issue(name, "must be an absolute URI with a host"))
+    elif "@" in parts.netloc:
+        # Credentials in a URI end up in logs and reports; ACS callbacks authenticate with a signed token instead.
+        issues.append(Issue(name, "must not carry user information (user:password@)"))
     elif parts.scheme == "https" or (parts.scheme == "http" and _is_loopback(host)):
         return value
     elif parts.scheme == "http":
