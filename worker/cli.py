@@ -192,11 +192,12 @@ def emulator(host: str, port: int, tls_cert: str | None, tls_key: str | None, fa
 @click.option("--latency-ms", default=20, show_default=True, help="Emulated ACS processing time.")
 @click.option("--seed", default=None, type=int, help="Seed for the emulator's faults (printed when random).")
 @click.option("--timeout", default=120.0, show_default=True, help="Give up waiting after this many seconds.")
-def demo(jobs: int, fault_rate: float, latency_ms: int, seed: int | None, timeout: float) -> None:
+@click.option("--keep", is_flag=True, help="Keep the demo's folder (ledger, logs) even when all went well.")
+def demo(jobs: int, fault_rate: float, latency_ms: int, seed: int | None, timeout: float, keep: bool) -> None:
     """Emulator + worker + embedded broker and ledger: enqueue transfers under faults, check every outcome."""
     from worker.demo import run_demo  # noqa: PLC0415
 
-    sys.exit(run_demo(jobs=jobs, fault_rate=fault_rate, latency_ms=latency_ms, seed=seed, timeout=timeout))
+    sys.exit(run_demo(jobs=jobs, fault_rate=fault_rate, latency_ms=latency_ms, seed=seed, timeout=timeout, keep=keep))
 
 
 if __name__ == "__main__":

@@ -11,9 +11,12 @@ lease run out (it died). Two deliveries of one message therefore never send conc
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -174,6 +177,58 @@ def _insert_ignoring_conflicts(
     return set(result.scalars().all())
 
 
+# Hot-path statements are built once: building and cache-keying a statement costs more than running it.
+_bp = sa.bindparam
+_INSERT_EVENT = job_events.insert()
+_SELECT_JOB = sa.select(jobs).where(jobs.c.id == _bp("p_id"))
+_SELECT_STATE = sa.select(jobs.c.state).where(jobs.c.id == _bp("p_id"))
+_CLAIM = (
+    jobs.update()
+    .where(
+        jobs.c.id == _bp("p_id"),
+        sa.or_(
+            jobs.c.state == State.QUEUED,
+            sa.and_(jobs.c.state.in_(State.HELD), jobs.c.lease_until < _bp("p_now")),
+        ),
+    )
+    .values(state=State.SENDING, worker=_bp("p_worker"), lease_until=_bp("p_lease"), updated_at=_bp("p_now"))
+    .returning(*jobs.c)
+)
+_START_ATTEMPT = (
+    jobs.update()
+    .where(jobs.c.id == _bp("p_id"), jobs.c.worker == _bp("p_worker"), jobs.c.state == _bp("p_from"))
+    .values(
+        state=State.SENDING,
+        attempts=_bp("p_attempt"),
+        first_sent=sa.func.coalesce(jobs.c.first_sent, _bp("p_first_sent", type_=sa.BigInteger)),
+        lease_until=_bp("p_lease"),
+        updated_at=_bp("p_now"),
+    )
+    .returning(*jobs.c)
+)
+_TRANSITION_VALUES = {
+    "state": _bp("p_to"),
+    "lease_until": _bp("p_lease", type_=sa.Float),
+    "updated_at": _bp("p_now"),
+    "last_status": sa.func.coalesce(_bp("p_status", type_=sa.Integer), jobs.c.last_status),
+    "last_error": sa.func.coalesce(_bp("p_error", type_=sa.String), jobs.c.last_error),
+    "last_message": sa.func.coalesce(_bp("p_message", type_=sa.Text), jobs.c.last_message),
+    "accepted_at": sa.func.coalesce(_bp("p_accepted_at", type_=sa.Float), jobs.c.accepted_at),
+}
+_TRANSITION = (
+    jobs.update()
+    .where(jobs.c.id == _bp("p_id"), jobs.c.state == _bp("p_from"))
+    .values(**_TRANSITION_VALUES)
+    .returning(*jobs.c)
+)
+_TRANSITION_HELD = (
+    jobs.update()
+    .where(jobs.c.id == _bp("p_id"), jobs.c.state == _bp("p_from"), jobs.c.worker == _bp("p_worker"))
+    .values(**_TRANSITION_VALUES)
+    .returning(*jobs.c)
+)
+
+
 def _event(
     connection: Connection,
     job_id: str,
@@ -184,17 +239,16 @@ def _event(
     status: int | None = None,
     detail: str | None = None,
 ) -> None:
-    connection.execute(
-        job_events.insert().values(
-            job_id=job_id,
-            at=now,
-            from_state=from_state,
-            to_state=to_state,
-            attempt=attempt,
-            status=status,
-            detail=detail,
-        )
-    )
+    row = {
+        "job_id": job_id,
+        "at": now,
+        "from_state": from_state,
+        "to_state": to_state,
+        "attempt": attempt,
+        "status": status,
+        "detail": detail,
+    }
+    connection.execute(_INSERT_EVENT, row)
 
 
 def op_create_jobs(connection: Connection, new_jobs: Sequence[NewJob], now: float) -> list[tuple[Job, bool]]:
@@ -251,7 +305,7 @@ def op_create_jobs(connection: Connection, new_jobs: Sequence[NewJob], now: floa
 
 
 def op_get(connection: Connection, job_id: str) -> Job | None:
-    row = connection.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
+    row = connection.execute(_SELECT_JOB, {"p_id": job_id}).first()
     return Job.from_row(row) if row is not None else None
 
 
@@ -276,17 +330,9 @@ def op_claim(
 ) -> tuple[Job, str] | None:
     """Take the job if it is queued or its holder's lease ran out: (job, its state before), or None if another
     worker holds it, it is settled, or it does not exist."""
-    claimable = sa.or_(
-        jobs.c.state == State.QUEUED,
-        sa.and_(jobs.c.state.in_(State.HELD), jobs.c.lease_until < now),
-    )
-    before = connection.execute(sa.select(jobs.c.state).where(jobs.c.id == job_id)).scalar()
-    row = connection.execute(
-        jobs.update()
-        .where(jobs.c.id == job_id, claimable)
-        .values(state=State.SENDING, worker=worker, lease_until=lease_until, updated_at=now)
-        .returning(*jobs.c)
-    ).first()
+    before = connection.execute(_SELECT_STATE, {"p_id": job_id}).scalar()
+    params = {"p_id": job_id, "p_worker": worker, "p_now": now, "p_lease": lease_until}
+    row = connection.execute(_CLAIM, params).first()
     if row is None:
         return None
     detail = None if before == State.QUEUED else f"taken over from an expired lease ({before})"
@@ -305,18 +351,16 @@ def op_start_attempt(
     lease_until: float,
 ) -> Job | None:
     """Record attempt N before it leaves; First-Sent is set only by the first attempt and never changed."""
-    row = connection.execute(
-        jobs.update()
-        .where(jobs.c.id == job_id, jobs.c.worker == worker, jobs.c.state == from_state)
-        .values(
-            state=State.SENDING,
-            attempts=attempt,
-            first_sent=sa.func.coalesce(jobs.c.first_sent, first_sent),
-            lease_until=lease_until,
-            updated_at=now,
-        )
-        .returning(*jobs.c)
-    ).first()
+    params = {
+        "p_id": job_id,
+        "p_worker": worker,
+        "p_from": from_state,
+        "p_attempt": attempt,
+        "p_first_sent": first_sent,
+        "p_lease": lease_until,
+        "p_now": now,
+    }
+    row = connection.execute(_START_ATTEMPT, params).first()
     if row is None:
         return None
     if from_state != State.SENDING:
@@ -338,16 +382,21 @@ def op_transition(
     message: str | None = None,
     detail: str | None = None,
 ) -> Job | None:
-    """Move a job from `from_state` to `to_state`, only if it is still there (and held by `worker`, if given)."""
-    conditions = [jobs.c.id == job_id, jobs.c.state == from_state]
-    if worker is not None:
-        conditions.append(jobs.c.worker == worker)
-    values: dict[str, Any] = {"state": to_state, "lease_until": lease_until, "updated_at": now}
-    if status is not None or error is not None:
-        values.update(last_status=status, last_error=error, last_message=message)
-    if to_state == State.ACCEPTED:
-        values["accepted_at"] = now
-    row = connection.execute(jobs.update().where(*conditions).values(**values).returning(*jobs.c)).first()
+    """Move a job from `from_state` to `to_state`, only if it is still there (and held by `worker`, if given).
+    The last answer (status, error, message) is kept unless new values are given."""
+    params = {
+        "p_id": job_id,
+        "p_from": from_state,
+        "p_worker": worker,
+        "p_to": to_state,
+        "p_lease": lease_until,
+        "p_now": now,
+        "p_status": status,
+        "p_error": error,
+        "p_message": message,
+        "p_accepted_at": now if to_state == State.ACCEPTED else None,
+    }
+    row = connection.execute(_TRANSITION if worker is None else _TRANSITION_HELD, params).first()
     if row is None:
         return None
     job = Job.from_row(row)
@@ -493,30 +542,36 @@ class SyncLedger:
 
 
 class Ledger:
-    """The ledger for the worker's event loop; every call is one transaction."""
+    """The ledger for the worker's event loop; every call is one transaction.
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    PostgreSQL runs on asyncpg. SQLite runs its synchronous driver on one dedicated thread: SQLite has a
+    single writer anyway, and one thread hop per transaction is far cheaper than aiosqlite's hop per call.
+    """
+
+    def __init__(self, engine: AsyncEngine | None = None, sync: SyncLedger | None = None) -> None:
         self._engine = engine
+        self._sync = sync
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger") if sync else None
 
     @classmethod
     async def open(cls, url: str, pool_size: int = 10) -> Ledger:
         _, async_url = _urls(url)
-        backend = sa.make_url(async_url).get_backend_name()
-        if backend == "sqlite":
-            _ensure_sqlite_folder(async_url)
-            engine = create_async_engine(async_url)
-            _tune_sqlite(engine.sync_engine)
-        else:
-            engine = create_async_engine(async_url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
-        ledger = cls(engine)
+        if sa.make_url(async_url).get_backend_name() == "sqlite":
+            return cls(sync=await asyncio.to_thread(SyncLedger, url))
+        engine = create_async_engine(async_url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
         async with engine.begin() as connection:
             await connection.run_sync(_create_schema)
-        return ledger
+        return cls(engine=engine)
 
     def __repr__(self) -> str:
-        return f"Ledger({self._engine.url.render_as_string(hide_password=True)!r})"
+        target = self._engine.url if self._engine is not None else self._sync
+        return f"Ledger({target!r})"
 
     async def run(self, operation: Callable[Concatenate[Connection, P], R], *args: P.args, **kwargs: P.kwargs) -> R:
+        if self._sync is not None:
+            call = functools.partial(self._sync.run, operation, *args, **kwargs)
+            return await asyncio.get_running_loop().run_in_executor(self._thread, call)
+        assert self._engine is not None
         async with self._engine.begin() as connection:
             return await connection.run_sync(operation, *args, **kwargs)
 
@@ -524,4 +579,8 @@ class Ledger:
         return await self.run(op_get, job_id)
 
     async def close(self) -> None:
-        await self._engine.dispose()
+        if self._engine is not None:
+            await self._engine.dispose()
+        if self._sync is not None and self._thread is not None:
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._sync.close)
+            self._thread.shutdown(wait=False)
