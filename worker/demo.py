@@ -142,7 +142,9 @@ def _print_summary(summary: Summary, seed: int) -> None:
     )
 
 
-def run_demo(jobs: int, fault_rate: float, latency_ms: int, seed: int | None, timeout: float, keep: bool = False) -> int:
+def run_demo(
+    jobs: int, fault_rate: float, latency_ms: int, seed: int | None, timeout: float, keep: bool = False
+) -> int:
     seed = seed if seed is not None else random.SystemRandom().randrange(1_000_000)
     home = Path(tempfile.mkdtemp(prefix="acs-transfer-demo-"))
     port = free_port()
