@@ -132,6 +132,7 @@ def status(job_id: str, as_json: bool) -> None:
             "last_status": job.last_status,
             "last_error": job.last_error,
             "last_message": job.last_message,
+            "reason": job.reason,
             "created_at": _when(job.created_at),
             "accepted_at": _when(job.accepted_at),
             "history": [
@@ -150,6 +151,7 @@ def status(job_id: str, as_json: bool) -> None:
         ("call", job.call_connection_id),
         ("idempotency key", job.idempotency_key or "-"),
         ("campaign", job.campaign or "-"),
+        ("reason", job.reason or "-"),
         ("last answer", job.last_message or "-"),
         ("created", _when(job.created_at)),
         ("accepted", _when(job.accepted_at)),

@@ -76,6 +76,7 @@ jobs = sa.Table(
     sa.Column("last_status", sa.Integer),
     sa.Column("last_error", sa.String(200)),
     sa.Column("last_message", sa.Text),
+    sa.Column("reason", sa.Text),
     sa.Index("ix_jobs_state_published", "state", "published_at"),
 )
 
@@ -132,6 +133,7 @@ class Job:
     last_status: int | None
     last_error: str | None
     last_message: str | None
+    reason: str | None
 
     @classmethod
     def from_row(cls, row: sa.Row[Any]) -> Job:
@@ -214,6 +216,7 @@ _TRANSITION_VALUES = {
     "last_error": sa.func.coalesce(_bp("p_error", type_=sa.String), jobs.c.last_error),
     "last_message": sa.func.coalesce(_bp("p_message", type_=sa.Text), jobs.c.last_message),
     "accepted_at": sa.func.coalesce(_bp("p_accepted_at", type_=sa.Float), jobs.c.accepted_at),
+    "reason": _bp("p_reason", type_=sa.Text),
 }
 _TRANSITION = (
     jobs.update()
@@ -383,7 +386,8 @@ def op_transition(
     detail: str | None = None,
 ) -> Job | None:
     """Move a job from `from_state` to `to_state`, only if it is still there (and held by `worker`, if given).
-    The last answer (status, error, message) is kept unless new values are given."""
+    The last answer (status, error, message) is kept unless new values are given; `detail` says why the job
+    is where it is now and is kept as its reason."""
     params = {
         "p_id": job_id,
         "p_from": from_state,
@@ -395,6 +399,7 @@ def op_transition(
         "p_error": error,
         "p_message": message,
         "p_accepted_at": now if to_state == State.ACCEPTED else None,
+        "p_reason": detail or message,
     }
     row = connection.execute(_TRANSITION if worker is None else _TRANSITION_HELD, params).first()
     if row is None:
