@@ -1,0 +1,132 @@
+"""The command line as a user runs it: enqueue, status, and the demo end to end."""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from worker.cli import main
+from worker.ledger import State, SyncLedger, op_count_by_state
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    key = base64.b64encode(secrets.token_bytes(32)).decode()
+    return {
+        "ACS_TRANSFER_HOME": str(tmp_path / "home"),
+        "ACS_CONNECTION_STRING": f"endpoint=http://127.0.0.1:9/;accesskey={key}",
+        "CELERY_BROKER_URL": "filesystem://",
+        "LEDGER_URL": f"sqlite:///{tmp_path / 'ledger.db'}",
+        "LOG_LEVEL": "WARNING",
+    }
+
+
+def test_enqueue_prints_the_job_id_and_status_shows_it(env: dict[str, str]) -> None:
+    runner = CliRunner()
+    arguments = [
+        "enqueue",
+        "--call-connection-id",
+        "call-cli",
+        "--target",
+        "4:+14255550123",
+        "--sip-header",
+        "X-MS-Custom-Ticket=4711",
+        "--voip-header",
+        "team=blue",
+        "--idempotency-key",
+        "cli-1",
+    ]
+    first = runner.invoke(main, arguments, env=env)
+    assert first.exit_code == 0, first.output
+    job_id = first.stdout.strip()
+    again = runner.invoke(main, arguments, env=env)
+    assert again.exit_code == 0
+    assert again.stdout.strip() == job_id
+    assert "existing job" in again.stderr
+    shown = runner.invoke(main, ["status", job_id, "--json"], env=env)
+    assert shown.exit_code == 0, shown.output
+    document = json.loads(shown.stdout)
+    assert document["state"] == State.QUEUED
+    assert document["idempotency_key"] == "cli-1"
+    assert [step["to"] for step in document["history"]] == [State.QUEUED]
+    text = runner.invoke(main, ["status", job_id], env=env)
+    assert "request id" in text.stdout
+    assert document["request_id"] in text.stdout
+    messages = list((Path(env["ACS_TRANSFER_HOME"]) / "broker" / "queue").glob("*.msg"))
+    assert len(messages) == 1  # the second enqueue published nothing
+
+
+def test_enqueue_rejects_bad_input_naming_each_field_and_writes_nothing(env: dict[str, str]) -> None:
+    result = CliRunner().invoke(
+        main,
+        [
+            "enqueue",
+            "--call-connection-id",
+            "call-cli",
+            "--target",
+            "4:5550123",
+            "--source-caller-id",
+            "12345",
+            "--sip-header",
+            "X-Other=1",
+            "--callback-uri",
+            "http://example.com/cb",
+        ],
+        env=env,
+    )
+    assert result.exit_code == 2
+    errors = result.stderr
+    for field in (
+        "targetParticipant",
+        "sourceCallerIdNumber",
+        "customCallingContext.sipHeaders",
+        "operationCallbackUri",
+    ):
+        assert field in errors, errors
+    ledger = SyncLedger(env["LEDGER_URL"])
+    assert ledger.run(op_count_by_state, None) == {}
+    ledger.close()
+
+
+def test_malformed_header_option_is_a_usage_error(env: dict[str, str]) -> None:
+    result = CliRunner().invoke(
+        main, ["enqueue", "--call-connection-id", "c", "--target", "4:+14255550123", "--sip-header", "novalue"], env=env
+    )
+    assert result.exit_code == 2
+    assert "KEY=VALUE" in result.output
+
+
+def test_status_of_an_unknown_job_fails_clearly(env: dict[str, str]) -> None:
+    result = CliRunner().invoke(main, ["status", "no-such-job"], env=env)
+    assert result.exit_code == 1
+    assert "no job 'no-such-job'" in result.output
+
+
+def our_processes() -> set[str]:
+    found = subprocess.run(
+        ["pgrep", "-f", "celery -A worker worker|worker.cli emulator"], capture_output=True, text=True, check=False
+    )
+    return set(found.stdout.split())
+
+
+def test_demo_runs_end_to_end_and_leaves_no_process_behind(tmp_path: Path) -> None:
+    before = our_processes()
+    completed = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "demo", "--jobs", "60", "--seed", "3"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "calls transferred twice                   0" in completed.stdout
+    assert "result: OK" in completed.stdout
+    assert our_processes() <= before
