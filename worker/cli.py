@@ -72,21 +72,18 @@ def enqueue(
     campaign: str | None,
 ) -> None:
     """Enqueue one transfer and print its job id."""
-    from worker.producer import Producer  # noqa: PLC0415 - keeps the other commands light
+    from worker.producer import Producer, transfer_message  # noqa: PLC0415 - keeps the other commands light
 
-    message: dict[str, Any] = {"callConnectionId": call_connection_id, "targetParticipant": target}
-    optional = {
-        "transferee": transferee,
-        "operationContext": operation_context,
-        "operationCallbackUri": callback_uri,
-        "sourceCallerIdNumber": source_caller_id,
-    }
-    message.update({key: value for key, value in optional.items() if value is not None})
-    sip, voip = _pairs(sip_header, "--sip-header"), _pairs(voip_header, "--voip-header")
-    if sip or voip:
-        message["customCallingContext"] = {
-            key: value for key, value in {"sipHeaders": sip, "voipHeaders": voip}.items() if value
-        }
+    message = transfer_message(
+        call_connection_id,
+        target,
+        transferee=transferee,
+        operation_context=operation_context,
+        callback_uri=callback_uri,
+        source_caller_id=source_caller_id,
+        sip_headers=_pairs(sip_header, "--sip-header"),
+        voip_headers=_pairs(voip_header, "--voip-header"),
+    )
     producer = Producer(_settings())
     try:
         result = producer.enqueue(message, idempotency_key=idempotency_key, campaign=campaign)

@@ -103,6 +103,32 @@ def default_producer() -> Producer:
         return _default
 
 
+def transfer_message(
+    call_connection_id: str,
+    target: str | Mapping[str, Any],
+    *,
+    transferee: str | Mapping[str, Any] | None = None,
+    operation_context: str | None = None,
+    callback_uri: str | None = None,
+    source_caller_id: str | None = None,
+    sip_headers: Mapping[str, str] | None = None,
+    voip_headers: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The wire form of a transfer from keyword arguments (not yet validated)."""
+    message: dict[str, Any] = {"callConnectionId": call_connection_id, "targetParticipant": target}
+    optional = {
+        "transferee": transferee,
+        "operationContext": operation_context,
+        "operationCallbackUri": callback_uri,
+        "sourceCallerIdNumber": source_caller_id,
+    }
+    message.update({key: value for key, value in optional.items() if value is not None})
+    if sip_headers or voip_headers:
+        context = {"sipHeaders": sip_headers, "voipHeaders": voip_headers}
+        message["customCallingContext"] = {key: dict(value) for key, value in context.items() if value}
+    return message
+
+
 def enqueue_transfer(
     call_connection_id: str,
     target: str | Mapping[str, Any],
@@ -117,16 +143,14 @@ def enqueue_transfer(
     campaign: str | None = None,
 ) -> str:
     """Validate and enqueue one transfer; returns the job id. Raises `ValidationError` naming each bad field."""
-    message: dict[str, Any] = {"callConnectionId": call_connection_id, "targetParticipant": target}
-    optional = {
-        "transferee": transferee,
-        "operationContext": operation_context,
-        "operationCallbackUri": callback_uri,
-        "sourceCallerIdNumber": source_caller_id,
-    }
-    message.update({key: value for key, value in optional.items() if value is not None})
-    if sip_headers or voip_headers:
-        context = {"sipHeaders": sip_headers, "voipHeaders": voip_headers}
-        message["customCallingContext"] = {key: dict(value) for key, value in context.items() if value}
-    result = default_producer().enqueue(message, idempotency_key=idempotency_key, campaign=campaign)
-    return result.job_id
+    message = transfer_message(
+        call_connection_id,
+        target,
+        transferee=transferee,
+        operation_context=operation_context,
+        callback_uri=callback_uri,
+        source_caller_id=source_caller_id,
+        sip_headers=sip_headers,
+        voip_headers=voip_headers,
+    )
+    return default_producer().enqueue(message, idempotency_key=idempotency_key, campaign=campaign).job_id
