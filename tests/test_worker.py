@@ -7,144 +7,18 @@ broker, the emulator in this process, and one or more worker child processes tha
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import secrets
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-import aiohttp
-import kombu
 import pytest
+from stack import Stack, celery_message, publish_raw
 
-from worker.broker import TASK_NAME, transfer_queue
-from worker.config import Settings
-from worker.emulator import Emulator, EmulatorConfig, start_emulator
+from worker.broker import TASK_NAME
 from worker.errors import ValidationError
-from worker.ledger import Job, State, op_count_by_state, op_dead_messages
-from worker.processes import child_env, kill, spawn_worker, stop
-from worker.producer import Producer
-
-KEY = secrets.token_bytes(32)
-
-
-@dataclass
-class Stack:
-    settings: Settings
-    emulator: Emulator
-    log_dir: Path
-    producer: Producer
-    workers: list[Any] = field(default_factory=list)
-
-    def start_worker(self) -> Any:
-        env = child_env({**self.settings.to_env(), "LOG_FORMAT": "json", "LOG_LEVEL": "INFO"})
-        process = spawn_worker(env, self.log_dir / f"worker-{len(self.workers)}.log", concurrency=16)
-        self.workers.append(process)
-        return process
-
-    def enqueue(self, call: str, **fields: Any) -> str:
-        message = {"callConnectionId": call, "targetParticipant": "4:+15551234567", **fields}
-        return self.producer.enqueue(message).job_id
-
-    def job(self, job_id: str) -> Job:
-        return self.producer.ledger.get(job_id)
-
-    async def wait_for(self, check: Callable[[], bool], what: str, timeout: float = 45.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not check():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}; worker logs in {self.log_dir}")
-            await asyncio.sleep(0.1)
-
-    async def settled(self, job_id: str, timeout: float = 45.0) -> Job:
-        await self.wait_for(lambda: self.job(job_id).state in State.SETTLED, f"job {job_id} to settle", timeout)
-        return self.job(job_id)
-
-    def requests_for(self, call: str) -> list[Any]:
-        return [entry for entry in self.emulator.state.requests if entry.call_connection_id == call]
-
-    def logs(self) -> str:
-        return "\n".join(path.read_text() for path in sorted(self.log_dir.glob("worker-*.log")))
-
-
-def _broker_url(kind: str, request: pytest.FixtureRequest) -> str:
-    if kind == "filesystem":
-        return "filesystem://"
-    return str(request.getfixturevalue(f"{kind}_url"))
-
-
-def celery_message(task_id: str, kwargs: dict[str, Any], task: str = TASK_NAME) -> tuple[bytes, dict[str, Any]]:
-    """A Celery protocol 2 message as any AMQP client can build it: headers plus a JSON body."""
-    headers = {"lang": "py", "task": task, "id": task_id, "root_id": task_id, "parent_id": None, "retries": 0}
-    body = [[], kwargs, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
-    return json.dumps(body).encode(), headers
-
-
-def publish_raw(settings: Settings, messages: list[tuple[bytes, dict[str, Any]]]) -> None:
-    """Publish with plain kombu, no Celery involved."""
-    queue = transfer_queue(settings)
-    with kombu.Connection(settings.broker_url) as connection:
-        producer = connection.Producer()
-        for body, headers in messages:
-            producer.publish(
-                body,
-                headers=headers,
-                content_type="application/json",
-                content_encoding="utf-8",
-                exchange=queue.exchange,
-                routing_key=queue.routing_key,
-                declare=[queue],
-            )
-
-
-def _delete_queue(settings: Settings) -> None:
-    if settings.broker_url.startswith("amqp"):
-        with kombu.Connection(settings.broker_url) as connection:
-            transfer_queue(settings)(connection.default_channel).delete()
-
-
-@pytest.fixture
-async def make_stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Callable[[str, str], Any]]:
-    stacks: list[Stack] = []
-    emulators: list[Emulator] = []
-
-    async def build(broker: str, ledger: str) -> Stack:
-        emulator = await start_emulator(EmulatorConfig(access_key=KEY))
-        emulators.append(emulator)
-        ledger_url = (
-            f"sqlite:///{tmp_path / 'ledger.db'}" if ledger == "sqlite" else request.getfixturevalue("postgres_url")
-        )
-        settings = Settings(
-            home=tmp_path / "home",
-            acs_connection_string=f"endpoint={emulator.url}/;accesskey={base64.b64encode(KEY).decode()}",
-            broker_url=_broker_url(broker, request),
-            ledger_url=ledger_url,
-            queue=f"acs-test-{uuid.uuid4().hex[:10]}",
-            request_timeout=3.0,
-            backoff_base=0.05,
-            backoff_cap=0.5,
-            claim_lease=1.0,
-            sweep_interval=0.5,
-            republish_after=1.5,
-            worker_concurrency=16,
-        )
-        stack = Stack(settings, emulator, tmp_path, Producer(settings))
-        stacks.append(stack)
-        return stack
-
-    yield build
-
-    for stack in stacks:
-        for process in stack.workers:
-            stop(process)
-        stack.producer.close()
-        _delete_queue(stack.settings)
-    for emulator in emulators:
-        await emulator.close()
+from worker.ledger import State, op_count_by_state, op_dead_messages
+from worker.processes import kill
 
 
 @pytest.mark.parametrize(
@@ -175,8 +49,7 @@ async def test_kill_9_mid_request_resends_the_same_request_and_takes_effect_once
     make_stack: Callable[[str, str], Any], broker: str, ledger: str
 ) -> None:
     stack: Stack = await make_stack(broker, ledger)
-    async with aiohttp.ClientSession() as session:
-        await session.put(f"{stack.emulator.url}/_emulator/faults", json={"latency_ms": 1500})
+    await stack.set_faults({"latency_ms": 1500})
     first = stack.start_worker()
     job_id = stack.enqueue("call-crash")
     await stack.wait_for(lambda: len(stack.requests_for("call-crash")) == 1, "the first request to arrive")

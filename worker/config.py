@@ -93,6 +93,25 @@ class Settings:
     worker_concurrency: int = 64
     log_level: str = "INFO"
     log_format: str = "auto"
+    # Outcome events (callbacks) and reconciliation
+    callback_base_url: str | None = None
+    acs_resource_id: str | None = None
+    callback_issuer: str = "https://acscallautomation.communication.azure.com"
+    callback_jwks_url: str = "https://acscallautomation.communication.azure.com/calling/keys"
+    callback_verify: bool = True
+    reconcile_after: float = 1800.0
+    # The HTTP server (intake and callbacks)
+    serve_host: str = "127.0.0.1"
+    serve_port: int = 8080
+    intake_tokens: tuple[str, ...] = field(default=(), repr=False)
+    intake_max_batch: int = 1000
+    intake_max_body: int = 4 * 1024 * 1024
+    # Pacing: a global limit of transfers per second, shared through Redis when RATE_LIMIT_REDIS_URL is set
+    rate_limit: float = 0.0
+    rate_limit_burst: float = 0.0
+    rate_limit_redis_url: str | None = None
+    # Operations
+    worker_metrics_port: int = 0
 
     def __post_init__(self) -> None:
         if not self.broker_url:
@@ -124,9 +143,9 @@ class Settings:
         shown = []
         for item in fields(self):
             value: Any = getattr(self, item.name)
-            if item.name == "acs_connection_string":
-                value = "***" if value else None
-            elif item.name in {"broker_url", "ledger_url"}:
+            if item.name in SECRET_FIELDS:
+                value = "***" if value else value
+            elif item.name in {"broker_url", "ledger_url", "rate_limit_redis_url"} and value:
                 value = _masked_url(value)
             shown.append(f"{item.name}={value!r}")
         return f"Settings({', '.join(shown)})"
@@ -136,6 +155,8 @@ class Settings:
         env = {}
         for name, (variable, _) in ENVIRONMENT.items():
             value = getattr(self, name)
+            if isinstance(value, tuple):
+                value = ",".join(value)
             if value is not None:
                 env[variable] = str(value)
         return env
@@ -170,7 +191,41 @@ def _text(raw: str) -> str:
     return raw
 
 
+def _flag(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(raw)
+
+
+def _list(raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _non_negative(raw: str) -> float:
+    value = float(raw)
+    if value < 0:
+        raise ValueError(raw)
+    return value
+
+
+def _port(raw: str) -> int:
+    value = int(raw)
+    if not 0 <= value <= 65535:
+        raise ValueError(raw)
+    return value
+
+
 _text.__name__ = "string"
+_flag.__name__ = "boolean (true/false)"
+_list.__name__ = "comma-separated list"
+_non_negative.__name__ = "non-negative number"
+_port.__name__ = "port number"
+
+#: fields whose values are secrets: masked in every repr and in `acs-transfer config`
+SECRET_FIELDS = frozenset({"acs_connection_string", "intake_tokens"})
 
 #: field name -> (environment variable, parser)
 ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
@@ -193,4 +248,19 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "worker_concurrency": ("WORKER_CONCURRENCY", _positive(int)),
     "log_level": ("LOG_LEVEL", str.upper),
     "log_format": ("LOG_FORMAT", str.lower),
+    "callback_base_url": ("CALLBACK_BASE_URL", _text),
+    "acs_resource_id": ("ACS_RESOURCE_ID", _text),
+    "callback_issuer": ("CALLBACK_ISSUER", _text),
+    "callback_jwks_url": ("CALLBACK_JWKS_URL", _text),
+    "callback_verify": ("CALLBACK_VERIFY", _flag),
+    "reconcile_after": ("RECONCILE_AFTER", _positive(float)),
+    "serve_host": ("SERVE_HOST", _text),
+    "serve_port": ("SERVE_PORT", _port),
+    "intake_tokens": ("INTAKE_TOKENS", _list),
+    "intake_max_batch": ("INTAKE_MAX_BATCH", _positive(int)),
+    "intake_max_body": ("INTAKE_MAX_BODY_BYTES", _positive(int)),
+    "rate_limit": ("RATE_LIMIT", _non_negative),
+    "rate_limit_burst": ("RATE_LIMIT_BURST", _non_negative),
+    "rate_limit_redis_url": ("RATE_LIMIT_REDIS_URL", _text),
+    "worker_metrics_port": ("WORKER_METRICS_PORT", _port),
 }

@@ -42,6 +42,7 @@ _FIELDS = {
     "sourceCallerIdNumber",
 }
 _REQUEST_ID_NAMESPACE = b"acs-transfer/idempotency-key/"
+_JOB_ID_NAMESPACE = b"acs-transfer/job-id/"
 
 
 @dataclass(frozen=True)
@@ -98,12 +99,21 @@ def encode_path_segment(value: str) -> str:
     return quote(value, safe="-._~")
 
 
-def request_id_for_key(idempotency_key: str) -> str:
-    """A valid version 4 UUID derived from an idempotency key: the same key always yields the same id."""
-    digest = bytearray(hashlib.sha256(_REQUEST_ID_NAMESPACE + idempotency_key.encode()).digest()[:16])
+def _uuid4_from(namespace: bytes, text: str) -> str:
+    digest = bytearray(hashlib.sha256(namespace + text.encode()).digest()[:16])
     digest[6] = (digest[6] & 0x0F) | 0x40  # version 4
     digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
     return str(uuid.UUID(bytes=bytes(digest)))
+
+
+def request_id_for_key(idempotency_key: str) -> str:
+    """A valid version 4 UUID derived from an idempotency key: the same key always yields the same id."""
+    return _uuid4_from(_REQUEST_ID_NAMESPACE, idempotency_key)
+
+
+def job_id_for_key(idempotency_key: str) -> str:
+    """The job id for an idempotency key, so that anything derived from the id (the callback URI) is stable too."""
+    return _uuid4_from(_JOB_ID_NAMESPACE, idempotency_key)
 
 
 def new_request_id() -> str:

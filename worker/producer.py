@@ -22,7 +22,7 @@ from worker.celery_app import create_app
 from worker.config import Settings
 from worker.ledger import Job, NewJob, SyncLedger
 from worker.logs import get_logger
-from worker.models import TransferRequest, new_request_id, parse_transfer, request_id_for_key
+from worker.models import TransferRequest, job_id_for_key, new_request_id, parse_transfer, request_id_for_key
 from worker.publisher import Publisher
 
 log = get_logger(__name__)
@@ -36,9 +36,12 @@ def prepare_job(
     campaign: str | None = None,
 ) -> NewJob:
     """Freeze a validated request as a job: its id, its request id and the exact body bytes."""
-    request_id = request_id_for_key(idempotency_key) if idempotency_key is not None else new_request_id()
+    if idempotency_key is not None:
+        request_id, job_id = request_id_for_key(idempotency_key), job_id or job_id_for_key(idempotency_key)
+    else:
+        request_id, job_id = new_request_id(), job_id or str(uuid.uuid4())
     return NewJob(
-        id=job_id or str(uuid.uuid4()),
+        id=job_id,
         request_id=request_id,
         call_connection_id=request.call_connection_id,
         body=request.body_bytes(),

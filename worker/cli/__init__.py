@@ -1,0 +1,17 @@
+"""The ``acs-transfer`` command line."""
+
+from __future__ import annotations
+
+import click
+
+from worker.cli import jobs, local
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="acs-transfer")
+def main() -> None:
+    """Idempotent ACS Call Automation transfers through a message queue."""
+
+
+for command in (jobs.enqueue, jobs.status, local.emulator, local.demo):
+    main.add_command(command)

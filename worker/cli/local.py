@@ -1,0 +1,47 @@
+"""Commands that run things on this machine: the ACS emulator and the demo."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from worker.cli.common import settings
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8089, show_default=True, type=int)
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="Serve https with this certificate.")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="Private key of --tls-cert.")
+@click.option("--faults", "faults_file", type=click.File(), help="Initial fault plan (JSON, as PUT /_emulator/faults).")
+def emulator(host: str, port: int, tls_cert: str | None, tls_key: str | None, faults_file: Any) -> None:
+    """Run the local ACS emulator, verifying signatures with the key in ACS_CONNECTION_STRING."""
+    import ssl  # noqa: PLC0415
+
+    from worker.emulator import EmulatorConfig, FaultPlan, run_emulator  # noqa: PLC0415
+
+    key = settings().acs.access_key
+    faults = FaultPlan.from_json(json.load(faults_file)) if faults_file else FaultPlan()
+    context = None
+    if tls_cert:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(tls_cert, tls_key)
+    click.echo(f"ACS emulator on {'https' if context else 'http'}://{host}:{port}", err=True)
+    run_emulator(EmulatorConfig(access_key=key, faults=faults), host, port, ssl_context=context)
+
+
+@click.command()
+@click.option("--jobs", default=300, show_default=True, help="How many transfers to enqueue.")
+@click.option("--fault-rate", default=0.3, show_default=True, help="Share of requests that meet a fault.")
+@click.option("--latency-ms", default=20, show_default=True, help="Emulated ACS processing time.")
+@click.option("--seed", default=None, type=int, help="Seed for the emulator's faults (printed when random).")
+@click.option("--timeout", default=120.0, show_default=True, help="Give up waiting after this many seconds.")
+@click.option("--keep", is_flag=True, help="Keep the demo's folder (ledger, logs) even when all went well.")
+def demo(jobs: int, fault_rate: float, latency_ms: int, seed: int | None, timeout: float, keep: bool) -> None:
+    """Emulator + worker + embedded broker and ledger: enqueue transfers under faults, check every outcome."""
+    from worker.demo import run_demo  # noqa: PLC0415
+
+    sys.exit(run_demo(jobs=jobs, fault_rate=fault_rate, latency_ms=latency_ms, seed=seed, timeout=timeout, keep=keep))
