@@ -14,6 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 import redis
+import structlog
 from stack import make_stack  # noqa: F401 - registers the fixture for every test module
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -25,6 +26,12 @@ _START = {
     5672: "rabbitmq-server -detached",
     6379: "redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save '' --appendonly no",
 }
+
+
+@pytest.fixture(autouse=True)
+def _default_logging() -> None:
+    """Each test starts with structlog's defaults, whatever an earlier test (or CLI run) configured."""
+    structlog.reset_defaults()
 
 
 def require_service(port: int) -> None:

@@ -68,7 +68,8 @@ def configure(level: str = "INFO", fmt: str = "auto", stream: TextIO | None = No
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping().get(level, logging.INFO)),
         logger_factory=structlog.PrintLoggerFactory(stream),
-        cache_logger_on_first_use=True,
+        # Not cached: a process may reconfigure (tests, the CLI), and a lookup per event costs microseconds.
+        cache_logger_on_first_use=False,
     )
 
 
