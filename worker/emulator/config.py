@@ -11,6 +11,8 @@ from worker.emulator.faults import FaultPlan
 # Only the version whose swagger the body validator uses: accepting a newer one would validate its
 # bodies against the wrong schema (later versions add properties this one forbids).
 DEFAULT_API_VERSIONS = frozenset({"2024-09-15"})
+DEFAULT_ISSUER = "https://acscallautomation.communication.azure.com"
+DEFAULT_RESOURCE_ID = "00000000-0000-0000-0000-0000000acs01"
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,9 @@ class EmulatorConfig:
     api_versions: frozenset[str] = DEFAULT_API_VERSIONS
     faults: FaultPlan = field(default_factory=FaultPlan)
     max_logged_requests: int = 100_000
+    # Outcome events are signed for this audience (the ACS resource's immutable id) by this issuer.
+    resource_id: str = DEFAULT_RESOURCE_ID
+    callback_issuer: str = DEFAULT_ISSUER
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "api_versions", frozenset(self.api_versions))

@@ -5,7 +5,10 @@ JSON form (``PUT /_emulator/faults``; every key optional)::
     {"latency_ms": 50, "seed": 7,
      "script":  [FAULT, ...],                      # consumed in order, one per transfer request, any call
      "by_call": {"<callConnectionId>": [FAULT, ...]},  # consumed first for requests on that call
-     "random":  {"rate": 0.1, "faults": [FAULT, ...]}} # otherwise, with probability rate, one at random
+     "random":  {"rate": 0.1, "faults": [FAULT, ...]}, # otherwise, with probability rate, one at random
+     "callbacks": {"fail_rate": 0.1, "fail_calls": ["call-7"], "failure": {"code": 487, "subCode": 0,
+                   "message": "..."}, "delay_ms": 20, "duplicate_rate": 0.05, "drop_rate": 0.0}}
+                                                   # outcome events after a transfer takes effect
 
     FAULT = {"kind": "status", "status": 503, "stage": "before"|"after"|"answer",
              "retry_after": 1.5, "retry_after_header": "Retry-After"|"retry-after-ms"|"x-ms-retry-after-ms"}
@@ -38,7 +41,9 @@ _FAULT_KEYS: dict[str, frozenset[str]] = {
     "timeout": frozenset({"kind", "stage", "seconds"}),
     "drop": frozenset({"kind", "stage"}),
 }
-_PLAN_KEYS = frozenset({"latency_ms", "seed", "script", "by_call", "random"})
+_PLAN_KEYS = frozenset({"latency_ms", "seed", "script", "by_call", "random", "callbacks"})
+_CALLBACK_KEYS = frozenset({"fail_rate", "fail_calls", "failure", "delay_ms", "duplicate_rate", "drop_rate"})
+_DEFAULT_FAILURE = {"code": 487, "subCode": 0, "message": "The transfer target did not answer."}
 
 
 class FaultPlanError(ValueError):
@@ -167,6 +172,70 @@ class RandomFaults:
 
 
 @dataclass(frozen=True)
+class CallbackPlan:
+    """How outcome events are delivered: which transfers fail, with what result, late, twice or never."""
+
+    fail_rate: float = 0.0
+    fail_calls: frozenset[str] = frozenset()
+    failure: Mapping[str, Any] = field(default_factory=lambda: dict(_DEFAULT_FAILURE))
+    delay_ms: float = 0.0
+    duplicate_rate: float = 0.0
+    drop_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("fail_rate", "duplicate_rate", "drop_rate"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+                raise FaultPlanError(f"callbacks.{name}", "must be a number from 0 to 1")
+        if isinstance(self.delay_ms, bool) or not isinstance(self.delay_ms, int | float) or self.delay_ms < 0:
+            raise FaultPlanError("callbacks.delay_ms", "must be a non-negative number")
+        if not isinstance(self.failure, Mapping) or not isinstance(self.failure.get("code"), int):
+            raise FaultPlanError("callbacks.failure", "must be an object with an integer code, subCode and a message")
+        object.__setattr__(self, "failure", MappingProxyType(dict(self.failure)))
+        object.__setattr__(self, "fail_calls", frozenset(self.fail_calls))
+
+    def __hash__(self) -> int:
+        fields = (self.fail_rate, self.fail_calls, self.delay_ms, self.duplicate_rate, self.drop_rate)
+        return hash((*fields, tuple(sorted(self.failure.items(), key=str))))
+
+    @classmethod
+    def from_json(cls, data: object) -> CallbackPlan:
+        if data is None:
+            return cls()
+        if not isinstance(data, Mapping):
+            raise FaultPlanError("callbacks", "must be an object")
+        extra = sorted(str(key) for key in data if key not in _CALLBACK_KEYS)
+        if extra:
+            raise FaultPlanError(
+                f"callbacks.{extra[0]}", f"is not a callbacks field ({', '.join(sorted(_CALLBACK_KEYS))})"
+            )
+        calls = data.get("fail_calls", [])
+        if not isinstance(calls, list) or not all(isinstance(call, str) for call in calls):
+            raise FaultPlanError("callbacks.fail_calls", "must be a list of call connection ids")
+        failure = data.get("failure", {})
+        if not isinstance(failure, Mapping):
+            raise FaultPlanError("callbacks.failure", "must be an object with code, subCode and message")
+        return cls(
+            fail_rate=data.get("fail_rate", 0.0),
+            fail_calls=frozenset(calls),
+            failure={**_DEFAULT_FAILURE, **failure},
+            delay_ms=data.get("delay_ms", 0.0),
+            duplicate_rate=data.get("duplicate_rate", 0.0),
+            drop_rate=data.get("drop_rate", 0.0),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "fail_rate": self.fail_rate,
+            "fail_calls": sorted(self.fail_calls),
+            "failure": dict(self.failure),
+            "delay_ms": self.delay_ms,
+            "duplicate_rate": self.duplicate_rate,
+            "drop_rate": self.drop_rate,
+        }
+
+
+@dataclass(frozen=True)
 class FaultPlan:
     """Latency plus the faults to inject. Immutable: the consumption state lives in `FaultDispenser`."""
 
@@ -175,6 +244,7 @@ class FaultPlan:
     script: Sequence[Fault] = ()
     by_call: Mapping[str, Sequence[Fault]] = field(default_factory=dict)
     random: RandomFaults | None = None
+    callbacks: CallbackPlan = field(default_factory=CallbackPlan)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "script", tuple(self.script))
@@ -187,7 +257,7 @@ class FaultPlan:
             raise FaultPlanError("seed", "must be an integer or null")
 
     def __hash__(self) -> int:
-        return hash((self.latency_ms, self.seed, self.script, tuple(self.by_call.items()), self.random))
+        return hash((self.latency_ms, self.seed, self.script, tuple(self.by_call.items()), self.random, self.callbacks))
 
     @property
     def latency(self) -> float:
@@ -219,6 +289,7 @@ class FaultPlan:
             script=script,
             by_call=by_call,
             random=_random_faults(data.get("random")),
+            callbacks=CallbackPlan.from_json(data.get("callbacks")),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -228,6 +299,7 @@ class FaultPlan:
             "script": [fault.to_json() for fault in self.script],
             "by_call": {call: [fault.to_json() for fault in faults] for call, faults in self.by_call.items()},
             "random": None if self.random is None else self.random.to_json(),
+            "callbacks": self.callbacks.to_json(),
         }
 
 

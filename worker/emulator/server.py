@@ -60,7 +60,11 @@ def create_app(config: EmulatorConfig) -> web.Application:
     app = web.Application()
     app[STATE] = EmulatorState(config)
     app[VALIDATOR] = BodyValidator()  # loads the swagger and resolves its references once
+    app.router.add_get("/calling/keys", _keys)
+    app.router.add_get("/calling/.well-known/acsopenidconfiguration", _openid_configuration)
     app.router.add_route("*", "/calling/{tail:.*}", _calling)
+    app.router.add_get("/_emulator/callbacks", _callbacks)
+    app.on_cleanup.append(_close_callbacks)
     app.router.add_get("/_emulator/health", _health)
     app.router.add_get("/_emulator/transfers", _transfers)
     app.router.add_get("/_emulator/requests", _requests)
@@ -210,6 +214,7 @@ async def _execute(
         answer = acs_error(fault.status, f"emulated fault: ACS answered {fault.status}", headers=fault.retry_headers())
     else:
         state.effects.record(call_connection_id, request_id, body, time.time())
+        state.callbacks.schedule(state.fault_plan.callbacks, body, call_connection_id)
         result = {"operationContext": body["operationContext"]} if "operationContext" in body else {}
         answer = Answer(202, result)
     if record is not None:
@@ -231,6 +236,25 @@ async def _inflict(fault: Fault) -> Answer | _Disconnect:
 
 def _with_result(answer: Answer, result: str) -> Answer:
     return Answer(answer.status, answer.body, {**answer.headers, RESULT_HEADER: result})
+
+
+async def _keys(request: web.Request) -> web.Response:
+    return web.json_response(request.app[STATE].callbacks.signer.jwks())
+
+
+async def _openid_configuration(request: web.Request) -> web.Response:
+    signer = request.app[STATE].callbacks.signer
+    base = f"{request.scheme}://{request.host}"
+    return web.json_response({"issuer": signer.issuer, "jwks_uri": f"{base}/calling/keys"})
+
+
+async def _callbacks(request: web.Request) -> web.Response:
+    deliveries = request.app[STATE].callbacks.deliveries
+    return web.json_response({"deliveries": [delivery.to_json() for delivery in deliveries]})
+
+
+async def _close_callbacks(app: web.Application) -> None:
+    await app[STATE].callbacks.close()
 
 
 async def _health(request: web.Request) -> web.Response:

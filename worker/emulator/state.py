@@ -7,6 +7,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from worker.emulator.callbacks import CallbackSender, CallbackSigner
 from worker.emulator.config import EmulatorConfig
 from worker.emulator.effects import EffectsLedger
 from worker.emulator.faults import Fault, FaultDispenser, FaultPlan
@@ -53,6 +54,8 @@ class EmulatorState:
         self.requests: deque[LoggedRequest] = deque(maxlen=config.max_logged_requests)
         self.requests_seen = 0
         self.faults = FaultDispenser(config.faults)
+        self.callbacks = CallbackSender(CallbackSigner(config.callback_issuer, config.resource_id))
+        self.callbacks.reseed(config.faults.seed)
         # Handlers still running (latency, hangs): closed explicitly on shutdown, since a handler whose client
         # went away is no longer tracked by aiohttp yet may sleep for a fault's full duration.
         self.running: set[asyncio.Task[Any]] = set()
@@ -62,8 +65,9 @@ class EmulatorState:
         return self.faults.plan
 
     def set_fault_plan(self, plan: FaultPlan) -> None:
-        """Replace the plan; its scripts start over and its random sequence is reseeded."""
+        """Replace the plan; its scripts start over and its random sequences are reseeded."""
         self.faults.load(plan)
+        self.callbacks.reseed(plan.seed)
 
     def log(self, entry: LoggedRequest) -> LoggedRequest:
         self.requests.append(entry)
@@ -76,4 +80,5 @@ class EmulatorState:
         self.effects.clear()
         self.requests.clear()
         self.requests_seen = 0
-        self.faults.load(FaultPlan())
+        self.callbacks.clear()
+        self.set_fault_plan(FaultPlan())
