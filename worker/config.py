@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from worker.errors import ConfigError
+from worker.redact import mask_url
 
 DEFAULT_API_VERSION = "2024-09-15"
 DEFAULT_QUEUE = "acs-transfer"
@@ -63,11 +64,8 @@ class AcsCredentials:
 
 
 def _masked_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    # Also masks a libpq ``?password=`` parameter, which would otherwise reach the worker's start-up log line.
+    return mask_url(url)
 
 
 @dataclass(frozen=True)
@@ -264,3 +262,9 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "rate_limit_redis_url": ("RATE_LIMIT_REDIS_URL", _text),
     "worker_metrics_port": ("WORKER_METRICS_PORT", _port),
 }
+
+
+def fields_set_in_environment(environ: Mapping[str, str] | None = None) -> frozenset[str]:
+    """Names of the fields whose variable the environment sets (an empty value counts as unset, as in `from_env`)."""
+    env = os.environ if environ is None else environ
+    return frozenset(name for name, (variable, _) in ENVIRONMENT.items() if env.get(variable))
