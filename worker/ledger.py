@@ -111,6 +111,17 @@ leases = sa.Table(
     sa.Column("until", sa.Float, nullable=False),
 )
 
+# A bulk campaign: its pacing (transfers per second, none when NULL), read by workers through a short cache.
+campaigns = sa.Table(
+    "campaigns",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("rate", sa.Float),
+    sa.Column("source", sa.Text),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
 
 @dataclass(frozen=True)
 class Job:
@@ -407,6 +418,19 @@ def op_transition(
     job = Job.from_row(row)
     _event(connection, job_id, now, from_state, to_state, job.attempts, status, detail or message)
     return job
+
+
+def op_extend_lease(
+    connection: Connection, job_id: str, worker: str, state: str, lease_until: float, now: float
+) -> Job | None:
+    """Keep holding a job while it waits (for a rate-limit token), without a state change; None if lost."""
+    row = connection.execute(
+        jobs.update()
+        .where(jobs.c.id == job_id, jobs.c.worker == worker, jobs.c.state == state)
+        .values(lease_until=lease_until, updated_at=now)
+        .returning(*jobs.c)
+    ).first()
+    return Job.from_row(row) if row is not None else None
 
 
 def op_due_for_publish(

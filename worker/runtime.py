@@ -16,11 +16,13 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from worker.acs import AcsClient
+from worker.campaign import op_campaign_rate
 from worker.celery_app import create_app
 from worker.config import Settings
 from worker.ledger import Ledger
 from worker.logs import get_logger, register_secret
 from worker.publisher import Publisher
+from worker.ratelimit import Limiter, build_limiter
 from worker.sweeper import run_sweeper
 from worker.transfer import Context
 
@@ -56,11 +58,24 @@ class Runtime:
             self.settings.max_connections,
         )
         ledger = await Ledger.open(self.settings.ledger_url, pool_size=min(self.settings.worker_concurrency, 20))
-        self._context = Context(self.settings, ledger, client, self.worker_id)
+        self._context = Context(self.settings, ledger, client, self.worker_id, limiter=self._limiter(ledger))
         if sweep:
             self._sweeper = asyncio.get_running_loop().create_task(
                 run_sweeper(self._context, self.publisher.publish, self.publisher.queue_depth)
             )
+
+    def _limiter(self, ledger: Ledger) -> Limiter:
+        async def campaign_rate(name: str) -> float | None:
+            return await ledger.run(op_campaign_rate, name)
+
+        settings = self.settings
+        return build_limiter(
+            settings.rate_limit,
+            settings.rate_limit_burst,
+            settings.rate_limit_redis_url,
+            f"acs-transfer:rate:{settings.queue}",
+            campaign_rate,
+        )
 
     @property
     def context(self) -> Context:
@@ -82,6 +97,7 @@ class Runtime:
             if isinstance(sender, AcsClient):
                 await sender.close()
             await self._context.ledger.close()
+            await self._context.limiter.close()
 
     def stop(self) -> None:
         if not self._thread.is_alive():

@@ -20,8 +20,9 @@ import structlog
 
 from worker.acs import Answer, Outcome
 from worker.config import Settings
-from worker.ledger import Job, Ledger, State, op_claim, op_start_attempt, op_transition
+from worker.ledger import Job, Ledger, State, op_claim, op_extend_lease, op_start_attempt, op_transition
 from worker.logs import get_logger
+from worker.ratelimit import Limiter, Unlimited
 from worker.signing import http_date
 
 log = get_logger(__name__)
@@ -42,6 +43,7 @@ class Context:
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     rng: random.Random = field(default_factory=random.Random)
+    limiter: Limiter = field(default_factory=Unlimited)
 
 
 def backoff_delay(attempt: int, base: float, cap: float, server_hint: float | None, rng: random.Random) -> float:
@@ -84,6 +86,11 @@ async def _drive(job: Job, ctx: Context) -> Job | None:
     settings = ctx.settings
     body = job.body.encode()
     while True:
+        if ctx.limiter.enabled:
+            paced = await _take_token(job, ctx)
+            if isinstance(paced, _Stopped):
+                return paced.job
+            job = paced
         now = ctx.clock()
         first_sent = job.first_sent if job.first_sent is not None else int(now)
         deadline = first_sent + settings.send_deadline
@@ -112,6 +119,8 @@ async def _drive(job: Job, ctx: Context) -> Job | None:
             error=answer.error_code,
             retry_after=answer.retry_after,
         )
+        if answer.status == 429 and ctx.limiter.enabled:
+            await ctx.limiter.throttled(answer.retry_after)
         if answer.outcome is Outcome.ACCEPTED:
             return await _settle(job, ctx, State.ACCEPTED, answer, "accepted by ACS")
         if answer.outcome is Outcome.PERMANENT:
@@ -133,6 +142,42 @@ async def _drive(job: Job, ctx: Context) -> Job | None:
             return None
         job = waiting
         await ctx.sleep(delay)
+
+
+@dataclass(frozen=True)
+class _Stopped:
+    """Pacing ended the job's turn: it settled (or was lost, None) instead of getting a token."""
+
+    job: Job | None
+
+
+async def _take_token(job: Job, ctx: Context) -> Job | _Stopped:
+    """Wait for this attempt's rate-limit token. A first attempt waits before First-Sent is fixed, so the wait
+    costs none of the repeatability window; a retry that could get no token before the window closes is not
+    sent. The lease is stretched over a long wait so the sweeper does not hand the job to another worker."""
+    now = ctx.clock()
+    deadline = None if job.first_sent is None else job.first_sent + ctx.settings.send_deadline
+    if deadline is not None and now >= deadline:
+        return job  # the window check that follows settles it
+    wait = await ctx.limiter.reserve(job.campaign, None if deadline is None else deadline - now)
+    if wait is None:
+        detail = (
+            f"no rate-limit token before the repeatability window closes (attempt {job.attempts + 1}); "
+            f"last answer: {job.last_message}"
+        )
+        return _Stopped(await _settle(job, ctx, State.UNKNOWN, None, detail))
+    if wait <= 0:
+        return job
+    if now + wait + ctx.settings.claim_lease / 2 > (job.lease_until or now):
+        lease_until = now + wait + ctx.settings.claim_lease
+        held = await ctx.ledger.run(op_extend_lease, job.id, ctx.worker_id, job.state, lease_until, now)
+        if held is None:
+            log.warning("job.lost_claim", reason="another worker took the job over while it waited for a token")
+            return _Stopped(None)
+        job = held
+    log.debug("job.paced", wait=round(wait, 3), campaign=job.campaign)
+    await ctx.sleep(wait)
+    return job
 
 
 async def _settle(job: Job, ctx: Context, state: str, answer: Answer | None, detail: str) -> Job | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from worker.cli import configuration, health, jobs, local
+from worker.cli import campaigns, configuration, health, jobs, local
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -14,6 +14,8 @@ def main() -> None:
 
 
 for command in (jobs.enqueue, jobs.status, local.emulator, local.demo):
+    main.add_command(command)
+for command in (campaigns.submit, campaigns.campaign):
     main.add_command(command)
 for command in (health.healthcheck, configuration.config):
     main.add_command(command)

@@ -1,0 +1,207 @@
+"""Submitting a campaign file: validate each row, write the good ones to the ledger in batches, publish the
+new ones, report the bad ones. Resumable: running the same submit again enqueues only what is missing.
+
+Each row's idempotency key comes from the campaign name and the row's key column, or without one from a hash
+of the row's canonical content, so a job id (derived from the key) is the same on every run: a row already in
+the ledger is counted as present and not published again. A crash between writing a batch and publishing it
+leaves queued jobs whose messages were never sent; the workers' sweeper publishes those.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from worker.campaign_files import Row
+from worker.errors import IdempotencyConflict, Issue, ValidationError
+from worker.ledger import NewJob, SyncLedger
+from worker.logs import get_logger
+from worker.models import TransferRequest, parse_transfer
+from worker.producer import prepare_job
+
+log = get_logger(__name__)
+DEFAULT_BATCH = 1000
+#: rejects kept in memory for the summary; all of them go to the rejects file
+SHOWN_REJECTS = 20
+
+
+def idempotency_key(campaign: str, key: str | None, request: TransferRequest) -> str:
+    """The job's key: the campaign plus the row's own key, or plus a hash of what the row asks for.
+
+    JSON keeps the parts apart (no campaign/key pair can spell another's), and the hash is over the validated
+    request, so two spellings of one transfer (a raw id or an identifier model) are one job."""
+    if key is None:
+        canonical = json.dumps(request.as_message(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return "campaign:" + json.dumps([campaign, "sha256", hashlib.sha256(canonical.encode()).hexdigest()])
+    return "campaign:" + json.dumps([campaign, "key", key], ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class Reject:
+    line: int
+    issues: tuple[Issue, ...]
+    raw: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"line": self.line, "errors": [{"field": i.field, "rule": i.rule} for i in self.issues], "raw": self.raw}
+
+    def __str__(self) -> str:
+        return f"line {self.line}: " + "; ".join(str(issue) for issue in self.issues)
+
+
+@dataclass
+class Summary:
+    read: int = 0
+    valid: int = 0
+    rejected: int = 0
+    already_present: int = 0
+    enqueued: int = 0
+    #: written to the ledger but not published (the broker failed): the sweeper publishes them
+    unpublished: int = 0
+    rejects: list[Reject] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, int]:
+        names = ("read", "valid", "rejected", "already_present", "enqueued", "unpublished")
+        return {name: getattr(self, name) for name in names}
+
+
+class RejectsFile:
+    """One JSON line per rejected row: line number, each field and rule, and the raw row. Written as rows
+    are rejected, created only when the first one is (a stale file from an earlier run is removed)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handle: IO[str] | None = None
+        path.unlink(missing_ok=True)
+
+    def write(self, reject: Reject) -> None:
+        if self._handle is None:
+            self._handle = self.path.open("w", encoding="utf-8", errors="surrogateescape")
+        self._handle.write(json.dumps(reject.to_json(), ensure_ascii=False) + "\n")
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+
+
+class Submitter:
+    """Turns rows into jobs of one campaign. `summary` is up to date after every batch, also after Ctrl-C."""
+
+    def __init__(
+        self,
+        ledger: SyncLedger,
+        publish: Callable[[Iterable[str]], int],
+        campaign: str,
+        rejects: RejectsFile | None = None,
+        key_column: str | None = None,
+        batch_size: int = DEFAULT_BATCH,
+    ) -> None:
+        self._ledger = ledger
+        self._publish = publish
+        self._campaign = campaign
+        self._rejects = rejects
+        self._key_column = key_column
+        self._batch_size = batch_size
+        self._publishing = True
+        self.summary = Summary()
+
+    def submit(self, rows: Iterable[Row]) -> Summary:
+        batch: list[tuple[Row, NewJob]] = []
+        for row in rows:
+            self.summary.read += 1
+            job = self._job(row)
+            if job is None:
+                continue
+            batch.append((row, job))
+            if len(batch) >= self._batch_size:
+                self._flush(batch)
+                batch = []
+        self._flush(batch)
+        return self.summary
+
+    def _job(self, row: Row) -> NewJob | None:
+        if row.issues or row.message is None:
+            self._reject(row, row.issues)
+            return None
+        try:
+            request = parse_transfer(row.message, where=f"line {row.line}")
+        except ValidationError as error:
+            self._reject(row, error.issues)
+            return None
+        key = idempotency_key(self._campaign, row.key, request)
+        return prepare_job(request, idempotency_key=key, campaign=self._campaign)
+
+    def _reject(self, row: Row, issues: Iterable[Issue]) -> None:
+        reject = Reject(row.line, tuple(issues), row.raw)
+        self.summary.rejected += 1
+        if len(self.summary.rejects) < SHOWN_REJECTS:
+            self.summary.rejects.append(reject)
+        if self._rejects is not None:
+            self._rejects.write(reject)
+
+    def _conflict(self, row: Row) -> None:
+        field_name = self._key_column or "(row)"
+        rule = f"the key {row.key!r} already names a different transfer in this campaign"
+        self._reject(row, [Issue(field_name, rule)])
+
+    def _flush(self, batch: list[tuple[Row, NewJob]]) -> None:
+        if not batch:
+            return
+        # Within one batch the first row of a key wins; a later one is the same job or a conflicting one.
+        first: dict[str, tuple[Row, NewJob]] = {}
+        repeats: list[tuple[Row, NewJob]] = []
+        for row, job in batch:
+            assert job.idempotency_key is not None
+            if job.idempotency_key in first:
+                repeats.append((row, job))
+            else:
+                first[job.idempotency_key] = (row, job)
+        unique = list(first.values())
+        new_jobs = [job for _, job in unique]
+        try:
+            outcomes: list[bool | None] = [created for _, created in self._ledger.create_jobs(new_jobs)]
+        except IdempotencyConflict:
+            # Some key in the batch names a different transfer from an earlier batch or run: go row by row
+            # (rare, so the slow path is fine) to reject just those.
+            outcomes = [self._create_one(job) for job in new_jobs]
+        created_ids: list[str] = []
+        for (row, job), created in zip(unique, outcomes, strict=True):
+            if created is None:
+                self._conflict(row)
+            elif created:
+                created_ids.append(job.id)
+            else:
+                self.summary.already_present += 1
+        for row, job in repeats:
+            if job.body == first[job.idempotency_key or ""][1].body:
+                self.summary.already_present += 1
+            else:
+                self._conflict(row)
+        self.summary.enqueued += len(created_ids)
+        self.summary.valid = self.summary.enqueued + self.summary.already_present
+        self._publish_new(created_ids)
+
+    def _create_one(self, job: NewJob) -> bool | None:
+        try:
+            ((_, created),) = self._ledger.create_jobs([job])
+        except IdempotencyConflict:
+            return None
+        return created
+
+    def _publish_new(self, job_ids: list[str]) -> None:
+        if not job_ids:
+            return
+        if self._publishing:
+            try:
+                self._publish(job_ids)
+                return
+            except Exception as error:
+                # The jobs exist; the sweeper publishes them. Stop trying for this run rather than stall on
+                # every batch.
+                self._publishing = False
+                log.warning("campaign.publish_deferred", error=f"{type(error).__name__}: {error}")
+        self.summary.unpublished += len(job_ids)

@@ -1,0 +1,173 @@
+"""Commands for bulk campaigns: submit a file of transfers, follow a campaign's progress."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+from click._termui_impl import ProgressBar
+
+from worker.campaign import Progress, check_name, op_get_campaign, op_progress, op_save_campaign, parse_rate
+from worker.campaign_files import FORMATS, FileError, detect_format, read_rows
+from worker.campaign_submit import DEFAULT_BATCH, SHOWN_REJECTS, RejectsFile, Submitter, Summary
+from worker.cli.common import settings
+from worker.ledger import State, SyncLedger
+
+#: exit statuses of `submit`, for scripts
+ALL_VALID, SOME_REJECTED, UNREADABLE, INTERRUPTED = 0, 1, 2, 130
+
+
+def _campaign_name(_: click.Context, __: click.Parameter, value: str) -> str:
+    try:
+        return check_name(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
+def _rate(_: click.Context, __: click.Parameter, value: str | None) -> float | None:
+    try:
+        return None if value is None else parse_rate(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
+@click.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--campaign", "name", required=True, callback=_campaign_name, help="The campaign's name.")
+@click.option("--rate", callback=_rate, help="Pace it: N/s, N/min or N/h (kept from an earlier submit if omitted).")
+@click.option("--key-column", help="Column (CSV) or field (JSONL) naming each row; default: a hash of its content.")
+@click.option("--rejects", type=click.Path(dir_okay=False, path_type=Path), help="Default: FILE.rejects.jsonl.")
+@click.option("--format", "file_format", type=click.Choice(["auto", *FORMATS]), default="auto", show_default=True)
+@click.option("--batch-size", default=DEFAULT_BATCH, show_default=True, type=click.IntRange(1, 10_000))
+def submit(
+    file: Path,
+    name: str,
+    rate: float | None,
+    key_column: str | None,
+    rejects: Path | None,
+    file_format: str,
+    batch_size: int,
+) -> None:
+    """Enqueue every valid row of a CSV or JSONL FILE as a job of a campaign; re-running it adds only what is
+    missing. Exits 0 when all rows were valid, 1 when some were rejected, 2 when the file cannot be read."""
+    from worker.celery_app import create_app  # noqa: PLC0415 - keeps the other commands light
+    from worker.publisher import Publisher  # noqa: PLC0415
+
+    try:
+        file_format = detect_format(file, file_format)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    loaded = settings()
+    ledger = SyncLedger(loaded.ledger_url)
+    publisher = Publisher(create_app(loaded), loaded)
+    rejects_file = RejectsFile(rejects or file.with_name(file.name + ".rejects.jsonl"))
+    submitter = Submitter(ledger, publisher.publish, name, rejects_file, key_column, batch_size)
+    status = ALL_VALID
+    try:
+        ledger.run(op_save_campaign, name, rate, str(file), time.time())
+        size = file.stat().st_size
+        bar: ProgressBar[int] = click.progressbar(
+            length=max(1, size),
+            label=f"campaign {name}",
+            file=sys.stderr,
+            hidden=not sys.stderr.isatty(),
+            update_min_steps=max(1, size // 500),
+            item_show_func=lambda _: f"{submitter.summary.read} rows, {submitter.summary.rejected} rejected",
+        )
+        with bar:
+            submitter.submit(read_rows(file, file_format, key_column, bar.update))
+    except FileError as error:
+        click.echo(f"error: {file}: {error}", err=True)
+        status = UNREADABLE
+    except KeyboardInterrupt:
+        click.echo("interrupted: run the same command again to enqueue the rest", err=True)
+        status = INTERRUPTED
+    finally:
+        rejects_file.close()
+        ledger.close()
+    _print_summary(name, submitter.summary, rejects_file.path)
+    if status == ALL_VALID and submitter.summary.rejected:
+        status = SOME_REJECTED
+    sys.exit(status)
+
+
+def _print_summary(name: str, summary: Summary, rejects: Path) -> None:
+    for reject in summary.rejects:
+        click.echo(f"rejected {reject}", err=True)
+    if summary.rejected > SHOWN_REJECTS:
+        click.echo(f"... and {summary.rejected - SHOWN_REJECTS} more", err=True)
+    rows = [
+        ("read", summary.read),
+        ("valid", summary.valid),
+        ("rejected", summary.rejected),
+        ("already present", summary.already_present),
+        ("enqueued", summary.enqueued),
+    ]
+    click.echo(f"campaign {name}")
+    for label, count in rows:
+        click.echo(f"  {label:<16}{count:>10}")
+    if summary.rejected:
+        click.echo(f"rejected rows are in {rejects}")
+    if summary.unpublished:
+        click.echo(f"{summary.unpublished} enqueued jobs are not published yet (broker unavailable): workers will")
+        click.echo("publish them once it is back (their sweeper re-publishes queued jobs)")
+
+
+@click.command()
+@click.argument("name")
+@click.option("--watch", is_flag=True, help="Refresh until every job has settled (or Ctrl-C).")
+@click.option("--interval", default=5.0, show_default=True, type=click.FloatRange(0.1), help="Rate window, seconds.")
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON (once, or a line per refresh).")
+# Reserved: `--report FILE` (one line per job: key, state, outcome) goes here, written after the counts.
+def campaign(name: str, watch: bool, interval: float, as_json: bool) -> None:
+    """Show a campaign's jobs by state and how many settle per second."""
+    ledger = SyncLedger(settings().ledger_url)
+    try:
+        record = ledger.run(op_get_campaign, name)
+        progress = ledger.run(op_progress, name, time.time(), interval)
+        if record is None and progress.total == 0:
+            raise click.ClickException(f"no campaign {name!r}")
+        rate = f"paced at {record.rate:g}/s" if record is not None and record.rate else "not paced"
+        created = datetime.fromtimestamp(record.created_at, UTC).isoformat(timespec="seconds") if record else "-"
+        header = f"campaign {name}  ({rate}; created {created})"
+        live = watch and sys.stdout.isatty() and not as_json
+        drawn = 0
+        while True:
+            lines = [json.dumps(_document(name, progress))] if as_json else [header, *_table(progress)]
+            if live and drawn:
+                click.echo(f"\x1b[{drawn}F\x1b[J", nl=False)  # back over the last frame
+            click.echo("\n".join(lines))
+            drawn = len(lines)
+            if not watch or progress.active == 0:
+                break
+            time.sleep(interval if not live else min(interval, 1.0))
+            progress = ledger.run(op_progress, name, time.time(), interval)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        ledger.close()
+    # Reserved: the `--report FILE` option writes its report here.
+
+
+def _table(progress: Progress) -> list[str]:
+    lines = [f"  {state:<16}{progress.counts.get(state, 0):>10}" for state in State.ALL]
+    share = 100.0 * progress.settled / progress.total if progress.total else 0.0
+    lines.append(f"  {'total':<16}{progress.total:>10}   settled {progress.settled} ({share:.1f}%)")
+    lines.append(f"  {'rate':<16}{progress.rate:>10.1f}   jobs settled/s over the last {progress.window:g} s")
+    return lines
+
+
+def _document(name: str, progress: Progress) -> dict[str, object]:
+    return {
+        "campaign": name,
+        "counts": {state: progress.counts.get(state, 0) for state in State.ALL},
+        "total": progress.total,
+        "active": progress.active,
+        "settled": progress.settled,
+        "rate": round(progress.rate, 3),
+        "window": progress.window,
+    }

@@ -1,0 +1,312 @@
+"""Token buckets: pacing transfers globally (all workers on all hosts) and per campaign.
+
+Each bucket is a GCRA ("generic cell rate algorithm") token bucket: one number per key, the *theoretical
+arrival time* of the next token, so a take is one read and one write. A take *reserves*: it returns how long
+the caller must wait for its token (0 when one is free now), so waiters queue in order without polling, and
+several keys (the global bucket and a campaign's) are taken together, atomically, at the time all of them
+allow. A caller that may not wait that long (`max_wait`) gets ``None`` and nothing is taken.
+
+Two implementations with the same behaviour:
+- `LocalBuckets`: in this process, on the monotonic clock. A limit then holds per worker process.
+- `RedisBuckets`: one Lua script per take, run atomically by Redis on Redis's own clock (``TIME``), so every
+  worker on every host shares one bucket and host clocks do not matter. If Redis cannot be reached the
+  process falls back to its local buckets (and logs it) rather than stopping all sending.
+
+`Pacer` decides which buckets apply to a job (the global limit, the job's campaign rate) and is what the send
+logic uses; `Unlimited` is the no-op default when nothing is configured.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from worker.logs import get_logger
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One bucket: `rate` tokens per second, holding at most `burst` (at least 1)."""
+
+    key: str
+    rate: float
+    burst: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.rate <= 0:
+            raise ValueError("a rate must be positive")
+        object.__setattr__(self, "burst", max(1.0, self.burst))
+
+    @property
+    def interval(self) -> float:
+        """Seconds between two tokens at the steady rate."""
+        return 1.0 / self.rate
+
+    @property
+    def tolerance(self) -> float:
+        """How far ahead of the steady schedule a take may be: what lets `burst` tokens go at once."""
+        return (self.burst - 1.0) * self.interval
+
+
+class Buckets(Protocol):
+    async def reserve(self, limits: Sequence[Limit], max_wait: float | None = None) -> float | None:
+        """Take one token from each bucket; seconds to wait before using them, or None (nothing taken) if
+        that would be longer than `max_wait`."""
+        ...
+
+    async def pause(self, limit: Limit, seconds: float) -> None:
+        """Give no token of this bucket out for `seconds` from now (tokens already reserved stay reserved)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class LocalBuckets:
+    """Buckets in this process. Thread-safe; the clock is injectable for tests."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._next: dict[str, float] = {}  # key -> theoretical arrival time of the next token
+        self._lock = threading.Lock()
+
+    def take(self, limits: Sequence[Limit], max_wait: float | None = None) -> float | None:
+        with self._lock:
+            now = self._clock()
+            arrivals = [max(self._next.get(limit.key, now), now) for limit in limits]
+            at = max([now, *(arrival - limit.tolerance for arrival, limit in zip(arrivals, limits, strict=True))])
+            wait = at - now
+            if max_wait is not None and wait > max_wait:
+                return None
+            for arrival, limit in zip(arrivals, limits, strict=True):
+                self._next[limit.key] = max(arrival, at) + limit.interval
+            if len(self._next) > 10_000:
+                self._forget_idle(now)
+            return wait
+
+    def _forget_idle(self, now: float) -> None:
+        """A key whose next token is in the past is a full bucket: the same as no entry at all."""
+        for key in [key for key, arrival in self._next.items() if arrival < now]:
+            del self._next[key]
+
+    async def reserve(self, limits: Sequence[Limit], max_wait: float | None = None) -> float | None:
+        return self.take(limits, max_wait)
+
+    def hold(self, limit: Limit, seconds: float) -> None:
+        with self._lock:
+            now = self._clock()
+            # The next token may be handed out no sooner than now + seconds, and the bucket is empty then.
+            self._next[limit.key] = max(self._next.get(limit.key, now), now + seconds + limit.tolerance)
+
+    async def pause(self, limit: Limit, seconds: float) -> None:
+        self.hold(limit, seconds)
+
+    async def close(self) -> None:
+        return None
+
+
+# KEYS: the buckets. ARGV[1]: the longest acceptable wait in seconds (negative: any); then for each key, its
+# interval and tolerance. Returns {1, wait} with the tokens taken, or {0, wait} with nothing taken. Numbers
+# go out as strings: Redis would truncate a Lua number to an integer.
+_RESERVE = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local max_wait = tonumber(ARGV[1])
+local arrivals = {}
+local at = now
+for i, key in ipairs(KEYS) do
+  local arrival = tonumber(redis.call('GET', key) or '0')
+  if arrival < now then arrival = now end
+  arrivals[i] = arrival
+  local allowed = arrival - tonumber(ARGV[2 * i + 1])
+  if allowed > at then at = allowed end
+end
+local wait = at - now
+if max_wait >= 0 and wait > max_wait then
+  return {0, string.format('%.6f', wait)}
+end
+for i, key in ipairs(KEYS) do
+  local arrival = math.max(arrivals[i], at) + tonumber(ARGV[2 * i])
+  redis.call('SET', key, string.format('%.6f', arrival), 'PX', math.ceil((arrival - now) * 1000) + 1000)
+end
+return {1, string.format('%.6f', wait)}
+"""
+
+# KEYS[1]: the bucket. ARGV: seconds to pause, the bucket's tolerance.
+_PAUSE = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local arrival = tonumber(redis.call('GET', KEYS[1]) or '0')
+local paused = now + tonumber(ARGV[1]) + tonumber(ARGV[2])
+if paused > arrival then
+  redis.call('SET', KEYS[1], string.format('%.6f', paused), 'PX', math.ceil((paused - now) * 1000) + 1000)
+end
+return 1
+"""
+
+
+class RedisBuckets:
+    """Buckets in Redis, shared by every process that uses the same Redis and key prefix.
+
+    Keys carry one hash tag, so a take over several keys also works on Redis Cluster.
+    """
+
+    def __init__(self, url: str, prefix: str, fallback: LocalBuckets | None = None) -> None:
+        import redis.asyncio  # noqa: PLC0415 - only workers with a shared limit need it
+
+        self._redis: Any = redis.asyncio.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        self._prefix = f"{{{prefix}}}:"
+        self._reserve = self._redis.register_script(_RESERVE)
+        self._pause = self._redis.register_script(_PAUSE)
+        self._fallback = fallback or LocalBuckets()
+        self._failing = False
+
+    def key(self, limit: Limit) -> str:
+        return self._prefix + limit.key
+
+    async def reserve(self, limits: Sequence[Limit], max_wait: float | None = None) -> float | None:
+        arguments: list[float] = [-1.0 if max_wait is None else max(0.0, max_wait)]
+        for limit in limits:
+            arguments += [limit.interval, limit.tolerance]
+        try:
+            taken, wait = await self._reserve(keys=[self.key(limit) for limit in limits], args=arguments)
+        except Exception as error:
+            self._fell_back(error)
+            return self._fallback.take(limits, max_wait)
+        self._recovered()
+        return float(wait) if int(taken) else None
+
+    async def pause(self, limit: Limit, seconds: float) -> None:
+        try:
+            await self._pause(keys=[self.key(limit)], args=[seconds, limit.tolerance])
+        except Exception as error:
+            self._fell_back(error)
+        self._fallback.hold(limit, seconds)
+
+    def _fell_back(self, error: Exception) -> None:
+        if not self._failing:
+            log.error("ratelimit.redis_unavailable", error=f"{type(error).__name__}: {error}", fallback="per process")
+        self._failing = True
+
+    def _recovered(self) -> None:
+        if self._failing:
+            log.warning("ratelimit.redis_back")
+        self._failing = False
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+class Limiter(Protocol):
+    """What the send logic asks before every HTTP attempt."""
+
+    @property
+    def enabled(self) -> bool: ...
+
+    async def reserve(self, campaign: str | None, max_wait: float | None) -> float | None: ...
+
+    async def throttled(self, retry_after: float | None) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class Unlimited:
+    """No limit configured: the send logic skips pacing altogether."""
+
+    enabled = False
+
+    async def reserve(self, campaign: str | None, max_wait: float | None) -> float | None:
+        return 0.0
+
+    async def throttled(self, retry_after: float | None) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+#: how long a 429 without a retry hint pauses the global bucket
+DEFAULT_THROTTLE_PAUSE = 1.0
+
+
+class Pacer:
+    """The global limit plus per-campaign rates, over one set of buckets.
+
+    A campaign's rate is looked up through `campaign_rate` (the ledger) and cached for `cache_ttl` seconds,
+    so a rate changed by a later ``submit --rate`` reaches running workers within that time without a query
+    per job. Campaign buckets hold one token (smooth pacing); the global one holds `burst`.
+    """
+
+    enabled = True
+
+    def __init__(
+        self,
+        buckets: Buckets,
+        global_limit: Limit | None,
+        campaign_rate: Callable[[str], Awaitable[float | None]],
+        cache_ttl: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.buckets = buckets
+        self.global_limit = global_limit
+        self._campaign_rate = campaign_rate
+        self._cache_ttl = cache_ttl
+        self._clock = clock
+        self._rates: dict[str, tuple[float | None, float]] = {}
+
+    async def limits_for(self, campaign: str | None) -> list[Limit]:
+        limits = [self.global_limit] if self.global_limit is not None else []
+        if campaign is not None:
+            rate = await self._rate(campaign)
+            if rate:
+                limits.append(Limit(f"campaign:{campaign}", rate))
+        return limits
+
+    async def _rate(self, campaign: str) -> float | None:
+        now = self._clock()
+        cached = self._rates.get(campaign)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        try:
+            rate = await self._campaign_rate(campaign)
+        except Exception as error:
+            # Keep pacing at the last known rate rather than failing the job over a lookup.
+            log.warning("ratelimit.campaign_lookup_failed", campaign=campaign, error=f"{type(error).__name__}: {error}")
+            rate = cached[0] if cached is not None else None
+        self._rates[campaign] = (rate, now + self._cache_ttl)
+        return rate
+
+    async def reserve(self, campaign: str | None, max_wait: float | None) -> float | None:
+        limits = await self.limits_for(campaign)
+        if not limits:
+            return 0.0
+        return await self.buckets.reserve(limits, max_wait)
+
+    async def throttled(self, retry_after: float | None) -> None:
+        """ACS answered 429: hold the global bucket (the ACS resource's limit) for the time it asked."""
+        if self.global_limit is not None:
+            pause = retry_after if retry_after is not None and math.isfinite(retry_after) else DEFAULT_THROTTLE_PAUSE
+            await self.buckets.pause(self.global_limit, pause)
+
+    async def close(self) -> None:
+        await self.buckets.close()
+
+
+def build_limiter(
+    rate: float,
+    burst: float,
+    redis_url: str | None,
+    prefix: str,
+    campaign_rate: Callable[[str], Awaitable[float | None]],
+) -> Pacer:
+    """The worker's limiter: shared through Redis when `redis_url` is set, per process otherwise.
+
+    Always a `Pacer`, even without a global rate, since any campaign may carry a rate of its own."""
+    global_limit = Limit("global", rate, burst or max(1.0, rate)) if rate > 0 else None
+    buckets: Buckets = RedisBuckets(redis_url, prefix) if redis_url else LocalBuckets()
+    return Pacer(buckets, global_limit, campaign_rate)
