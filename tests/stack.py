@@ -12,20 +12,22 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import kombu
 import pytest
+from aiohttp import web
 
 from worker.broker import TASK_NAME, transfer_queue
 from worker.config import Settings
 from worker.emulator import Emulator, EmulatorConfig, start_emulator
 from worker.ledger import Job, State
-from worker.processes import child_env, spawn_worker, stop
+from worker.processes import child_env, free_port, spawn_worker, stop
 from worker.producer import Producer
+from worker.server import create_app
 
 KEY = secrets.token_bytes(32)
 
@@ -114,8 +116,10 @@ def _delete_queue(settings: Settings) -> None:
 async def make_stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Callable[[str, str], Any]]:
     stacks: list[Stack] = []
     emulators: list[Emulator] = []
+    runners: list[web.AppRunner] = []
 
-    async def build(broker: str, ledger: str) -> Stack:
+    async def build(broker: str, ledger: str, serve: bool = False, **overrides: Any) -> Stack:
+        """A stack; `serve` adds `acs-transfer serve` in this process, receiving the emulator's signed events."""
         emulator = await start_emulator(EmulatorConfig(access_key=KEY))
         emulators.append(emulator)
         ledger_url = (
@@ -135,8 +139,23 @@ async def make_stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIte
             republish_after=1.5,
             worker_concurrency=16,
         )
+        if serve:
+            port = free_port()
+            settings = replace(
+                settings,
+                serve_port=port,
+                callback_base_url=f"http://127.0.0.1:{port}",
+                acs_resource_id=emulator.state.config.resource_id,
+                callback_jwks_url=f"{emulator.url}/calling/keys",
+            )
+        settings = replace(settings, **overrides)
         stack = Stack(settings, emulator, tmp_path, Producer(settings))
         stacks.append(stack)
+        if serve:
+            runner = web.AppRunner(await create_app(settings))
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", settings.serve_port).start()
+            runners.append(runner)
         return stack
 
     yield build
@@ -146,5 +165,7 @@ async def make_stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIte
             stop(process)
         stack.producer.close()
         _delete_queue(stack.settings)
+    for runner in runners:
+        await runner.cleanup()
     for emulator in emulators:
         await emulator.close()

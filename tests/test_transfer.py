@@ -191,7 +191,8 @@ async def test_window_closing_makes_the_outcome_unknown_without_a_new_request_id
     call = "call-window"
     fault = {"kind": "status", "status": 503, "stage": "before"}
     await set_faults(emulator, {"by_call": {call: [fault] * 100}})
-    short = replace(settings, repeatability_window=1.5, window_safety_margin=0.5, backoff_base=0.1, backoff_cap=0.2)
+    # First-Sent has one-second resolution (rounded down), so the deadline is 1 to 2 s after the first attempt.
+    short = replace(settings, repeatability_window=3.0, window_safety_margin=1.0, backoff_base=0.1, backoff_cap=0.2)
     ledger = await Ledger.open(ledger_url)
     client = AcsClient(short.acs, short.api_version, 1.0, 1.0, 10)
     job = create_job(settings, call)
@@ -206,7 +207,9 @@ async def test_window_closing_makes_the_outcome_unknown_without_a_new_request_id
     seen = requests_for(emulator, call)
     assert len(seen) == done.attempts
     assert {entry.request_id for entry in seen} == {job.request_id}
-    assert all(entry.at - seen[0].at < 1.0 for entry in seen)  # nothing sent past the deadline
+    deadline = (done.first_sent or 0) + short.send_deadline
+    assert all(entry.at < deadline for entry in seen)  # nothing sent past the deadline
+    assert seen[-1].at > deadline - 1.0  # and retries went on until close to it
 
 
 async def test_412_from_acs_makes_the_outcome_unknown(settings: Settings, ledger_url: str) -> None:

@@ -4,7 +4,9 @@
     ├── ConfigError               a setting is missing or malformed (names the variable)
     ├── ValidationError           a transfer request breaks a rule (names each field and rule)
     ├── IdempotencyConflict       an idempotency key was reused for a different request
-    └── JobNotFound               no job has that id
+    ├── JobNotFound               no job has that id
+    ├── ReplayRefused             a job that is not failed or dead (or was replayed already) cannot be replayed
+    └── CallbackRejected          an outcome event's request is unauthenticated or malformed
 
 What ACS answers is not an exception: `worker.acs.Answer` classifies every answer (and every failure to get
 one) so the transfer logic can decide between done, retry and give up without catching anything.
@@ -54,3 +56,11 @@ class IdempotencyConflict(TransferError):
 
 class JobNotFound(TransferError, LookupError):
     """No job has the given id."""
+
+
+class ReplayRefused(TransferError):
+    """Only failed or dead jobs may be replayed, and each only once."""
+
+
+class CallbackRejected(TransferError):
+    """An outcome event request is not authentic (bad, expired or missing token) or not readable."""

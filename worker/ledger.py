@@ -26,7 +26,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from worker.errors import IdempotencyConflict, JobNotFound
+from worker.errors import IdempotencyConflict, JobNotFound, ReplayRefused
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -50,6 +50,12 @@ class State:
     HELD = (SENDING, RETRY_WAIT)
     #: no worker will touch the job again on its own
     SETTLED = (ACCEPTED, TRANSFERRED, TRANSFER_FAILED, FAILED, UNKNOWN, DEAD)
+    #: the outcome is known for good: only an operator's replay starts anything new
+    FINAL = (TRANSFERRED, TRANSFER_FAILED, FAILED, DEAD)
+    #: states an outcome event may settle (it can arrive before the 202 is recorded, or after the job went dead)
+    AWAITING_OUTCOME = (QUEUED, SENDING, RETRY_WAIT, ACCEPTED, UNKNOWN, DEAD)
+    #: what an operator may replay
+    REPLAYABLE = (FAILED, DEAD)
 
 
 metadata = sa.MetaData()
@@ -77,7 +83,17 @@ jobs = sa.Table(
     sa.Column("last_error", sa.String(200)),
     sa.Column("last_message", sa.Text),
     sa.Column("reason", sa.Text),
+    # What ACS reported in the outcome event (resultInformation), and when the job reached a final state.
+    sa.Column("operation_context", sa.Text),
+    sa.Column("result_code", sa.Integer),
+    sa.Column("result_subcode", sa.Integer),
+    sa.Column("result_message", sa.Text),
+    sa.Column("settled_at", sa.Float),
+    # An operator's replay: the new job points at the original and the original at its replacement.
+    sa.Column("replay_of", sa.String(64)),
+    sa.Column("replayed_by", sa.String(64)),
     sa.Index("ix_jobs_state_published", "state", "published_at"),
+    sa.Index("ix_jobs_call", "call_connection_id"),
 )
 
 job_events = sa.Table(
@@ -101,6 +117,16 @@ dead_messages = sa.Table(
     sa.Column("message_id", sa.String(200)),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("payload", sa.Text),
+)
+
+callback_events = sa.Table(
+    "callback_events",
+    metadata,
+    sa.Column("event_id", sa.String(200), primary_key=True),  # ACS may deliver an event more than once
+    sa.Column("job_id", sa.String(64), index=True),
+    sa.Column("type", sa.String(200), nullable=False),
+    sa.Column("received_at", sa.Float, nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
 )
 
 leases = sa.Table(
@@ -145,6 +171,13 @@ class Job:
     last_error: str | None
     last_message: str | None
     reason: str | None
+    operation_context: str | None
+    result_code: int | None
+    result_subcode: int | None
+    result_message: str | None
+    settled_at: float | None
+    replay_of: str | None
+    replayed_by: str | None
 
     @classmethod
     def from_row(cls, row: sa.Row[Any]) -> Job:
@@ -161,6 +194,8 @@ class NewJob:
     body: bytes
     idempotency_key: str | None = None
     campaign: str | None = None
+    operation_context: str | None = None
+    replay_of: str | None = None
 
 
 @dataclass(frozen=True)
@@ -228,6 +263,7 @@ _TRANSITION_VALUES = {
     "last_message": sa.func.coalesce(_bp("p_message", type_=sa.Text), jobs.c.last_message),
     "accepted_at": sa.func.coalesce(_bp("p_accepted_at", type_=sa.Float), jobs.c.accepted_at),
     "reason": _bp("p_reason", type_=sa.Text),
+    "settled_at": sa.func.coalesce(_bp("p_settled_at", type_=sa.Float), jobs.c.settled_at),
 }
 _TRANSITION = (
     jobs.update()
@@ -278,6 +314,8 @@ def op_create_jobs(connection: Connection, new_jobs: Sequence[NewJob], now: floa
             "body_hash": body_hash(job.body),
             "state": State.QUEUED,
             "attempts": 0,
+            "operation_context": job.operation_context,
+            "replay_of": job.replay_of,
             "published_at": now,
             "created_at": now,
             "updated_at": now,
@@ -411,6 +449,7 @@ def op_transition(
         "p_message": message,
         "p_accepted_at": now if to_state == State.ACCEPTED else None,
         "p_reason": detail or message,
+        "p_settled_at": now if to_state in State.FINAL else None,
     }
     row = connection.execute(_TRANSITION if worker is None else _TRANSITION_HELD, params).first()
     if row is None:
@@ -418,6 +457,91 @@ def op_transition(
     job = Job.from_row(row)
     _event(connection, job_id, now, from_state, to_state, job.attempts, status, detail or message)
     return job
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What an outcome event means for a job: the final state and ACS's resultInformation."""
+
+    state: str
+    code: int | None
+    subcode: int | None
+    message: str | None
+
+
+def op_record_event(
+    connection: Connection, event_id: str, event_type: str, job_id: str | None, payload: str, now: float
+) -> bool:
+    """Remember an event by id; False when it was seen before (ACS may deliver an event twice)."""
+    row = {"event_id": event_id, "job_id": job_id, "type": event_type, "received_at": now, "payload": payload}
+    return bool(_insert_ignoring_conflicts(connection, callback_events, [row], callback_events.c.event_id))
+
+
+def op_find_job_for_event(connection: Connection, call_connection_id: str, operation_context: str | None) -> str | None:
+    """The most recent job on this call still waiting for an outcome (matching the operation context if given)."""
+    query = sa.select(jobs.c.id).where(
+        jobs.c.call_connection_id == call_connection_id, jobs.c.state.in_(State.AWAITING_OUTCOME)
+    )
+    if operation_context is not None:
+        query = query.where(jobs.c.operation_context == operation_context)
+    return connection.execute(query.order_by(jobs.c.created_at.desc()).limit(1)).scalar()
+
+
+def op_apply_outcome(connection: Connection, job_id: str, outcome: Outcome, detail: str, now: float) -> Job | None:
+    """Settle a job from an outcome event if it is still waiting for one; None otherwise (already settled)."""
+    query = sa.select(jobs.c.state).where(jobs.c.id == job_id)
+    if connection.dialect.name == "postgresql":
+        query = query.with_for_update()
+    before = connection.execute(query).scalar()
+    if before not in State.AWAITING_OUTCOME:
+        return None
+    row = connection.execute(
+        jobs.update()
+        .where(jobs.c.id == job_id, jobs.c.state == before)
+        .values(
+            state=outcome.state,
+            result_code=outcome.code,
+            result_subcode=outcome.subcode,
+            result_message=outcome.message,
+            settled_at=now,
+            lease_until=None,
+            updated_at=now,
+            reason=detail,
+        )
+        .returning(*jobs.c)
+    ).first()
+    if row is None:
+        return None
+    job = Job.from_row(row)
+    _event(connection, job_id, now, before, outcome.state, job.attempts, outcome.code, detail)
+    return job
+
+
+def op_unknown_older_than(connection: Connection, cutoff: float, limit: int) -> list[str]:
+    query = (
+        sa.select(jobs.c.id)
+        .where(jobs.c.state == State.UNKNOWN, jobs.c.updated_at < cutoff)
+        .order_by(jobs.c.updated_at)
+        .limit(limit)
+    )
+    return list(connection.execute(query).scalars())
+
+
+def op_replay(connection: Connection, original_id: str, new_job: NewJob, reason: str, now: float) -> Job:
+    """Create `new_job` as an operator's replay of a failed or dead job, linking the two both ways."""
+    original = op_get(connection, original_id)
+    if original is None:
+        raise JobNotFound(f"no job {original_id!r}")
+    if original.state not in State.REPLAYABLE or original.replayed_by is not None:
+        replayed = f" (already replayed as {original.replayed_by})" if original.replayed_by else ""
+        raise ReplayRefused(f"job {original_id} is {original.state}{replayed}: only failed or dead jobs are replayed")
+    ((created, _),) = op_create_jobs(connection, [new_job], now)
+    detail = f"replayed as {created.id}: {reason}"
+    connection.execute(
+        jobs.update().where(jobs.c.id == original_id).values(replayed_by=created.id, reason=detail, updated_at=now)
+    )
+    _event(connection, original_id, now, original.state, original.state, original.attempts, None, detail)
+    return created
 
 
 def op_extend_lease(
@@ -473,6 +597,14 @@ def op_take_lease(connection: Connection, name: str, holder: str, now: float, un
         .values(holder=holder, until=until)
     )
     return bool(result.rowcount)
+
+
+def op_jobs_in_states(connection: Connection, states: Sequence[str], campaign: str | None, limit: int) -> list[Job]:
+    query = sa.select(jobs).where(jobs.c.state.in_(states))
+    if campaign is not None:
+        query = query.where(jobs.c.campaign == campaign)
+    query = query.order_by(jobs.c.updated_at.desc()).limit(limit)
+    return [Job.from_row(row) for row in connection.execute(query)]
 
 
 def op_count_by_state(connection: Connection, campaign: str | None) -> dict[str, int]:

@@ -60,7 +60,11 @@ async def handle_message(ctx: Context, task_id: str, args: tuple[Any, ...], kwar
         if request is not None:
             parsed = parse_transfer(request, where="message request")
             new_job = prepare_job(
-                parsed, job_id=job_id, idempotency_key=kwargs.get("idempotency_key"), campaign=kwargs.get("campaign")
+                parsed,
+                job_id=job_id,
+                idempotency_key=kwargs.get("idempotency_key"),
+                campaign=kwargs.get("campaign"),
+                callback_base_url=ctx.settings.callback_base_url,
             )
             ((job, created),) = await ctx.ledger.run(op_create_jobs, [new_job], ctx.clock())
             if created:

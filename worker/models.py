@@ -86,7 +86,7 @@ class TransferRequest:
         """The wire form producers send: the body plus ``callConnectionId``."""
         return {"callConnectionId": self.call_connection_id, **self.body()}
 
-    def with_callback_uri(self, uri: str) -> TransferRequest:
+    def with_callback_uri(self, uri: str | None) -> TransferRequest:
         return replace(self, callback_uri=uri)
 
     @property

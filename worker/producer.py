@@ -28,18 +28,34 @@ from worker.publisher import Publisher
 log = get_logger(__name__)
 
 
+CALLBACK_PATH = "/v1/callbacks"
+
+
+def callback_uri_for(base_url: str, job_id: str) -> str:
+    """Where ACS posts the outcome events of one job: `acs-transfer serve`'s receiver, naming the job."""
+    return f"{base_url.rstrip('/')}{CALLBACK_PATH}/{job_id}"
+
+
 def prepare_job(
     request: TransferRequest,
     *,
     job_id: str | None = None,
     idempotency_key: str | None = None,
     campaign: str | None = None,
+    callback_base_url: str | None = None,
+    replay_of: str | None = None,
 ) -> NewJob:
-    """Freeze a validated request as a job: its id, its request id and the exact body bytes."""
+    """Freeze a validated request as a job: its id, its request id and the exact body bytes.
+
+    Without a callback URI of the producer's own, and with a receiver configured (`callback_base_url`),
+    the job's events are sent to the receiver at a URI that names the job.
+    """
     if idempotency_key is not None:
         request_id, job_id = request_id_for_key(idempotency_key), job_id or job_id_for_key(idempotency_key)
     else:
         request_id, job_id = new_request_id(), job_id or str(uuid.uuid4())
+    if request.callback_uri is None and callback_base_url:
+        request = request.with_callback_uri(callback_uri_for(callback_base_url, job_id))
     return NewJob(
         id=job_id,
         request_id=request_id,
@@ -47,6 +63,8 @@ def prepare_job(
         body=request.body_bytes(),
         idempotency_key=idempotency_key,
         campaign=campaign,
+        operation_context=request.operation_context,
+        replay_of=replay_of,
     )
 
 
@@ -79,7 +97,12 @@ class Producer:
             request = parse_transfer(request)
         if idempotency_key is not None and not idempotency_key.strip():
             raise ValueError("idempotency_key must not be blank")
-        new_job = prepare_job(request, idempotency_key=idempotency_key, campaign=campaign)
+        new_job = prepare_job(
+            request,
+            idempotency_key=idempotency_key,
+            campaign=campaign,
+            callback_base_url=self.settings.callback_base_url,
+        )
         ((job, created),) = self.ledger.create_jobs([new_job])
         if created:
             try:

@@ -2,9 +2,8 @@
 
 Each bucket is a GCRA ("generic cell rate algorithm") token bucket: one number per key, the *theoretical
 arrival time* of the next token, so a take is one read and one write. A take *reserves*: it returns how long
-the caller must wait for its token (0 when one is free now), so waiters queue in order without polling, and
-several keys (the global bucket and a campaign's) are taken together, atomically, at the time all of them
-allow. A caller that may not wait that long (`max_wait`) gets ``None`` and nothing is taken.
+the caller must wait for its token (0 when one is free now), so waiters queue in order without polling. A
+caller that may not wait that long (`max_wait`) gets ``None`` and nothing is taken.
 
 Two implementations with the same behaviour:
 - `LocalBuckets`: in this process, on the monotonic clock. A limit then holds per worker process.
@@ -12,16 +11,17 @@ Two implementations with the same behaviour:
   worker on every host shares one bucket and host clocks do not matter. If Redis cannot be reached the
   process falls back to its local buckets (and logs it) rather than stopping all sending.
 
-`Pacer` decides which buckets apply to a job (the global limit, the job's campaign rate) and is what the send
+`Pacer` decides which buckets a job's attempt needs (its campaign's, then the global one) and is what the send
 logic uses; `Unlimited` is the no-op default when nothing is configured.
 """
 
 from __future__ import annotations
 
+import enum
 import math
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -55,13 +55,13 @@ class Limit:
 
 
 class Buckets(Protocol):
-    async def reserve(self, limits: Sequence[Limit], max_wait: float | None = None) -> float | None:
-        """Take one token from each bucket; seconds to wait before using them, or None (nothing taken) if
-        that would be longer than `max_wait`."""
+    async def reserve(self, limit: Limit, max_wait: float | None = None) -> float | None:
+        """Take one token; seconds to wait before using it, or None (nothing taken) if that would be longer
+        than `max_wait`."""
         ...
 
     async def pause(self, limit: Limit, seconds: float) -> None:
-        """Give no token of this bucket out for `seconds` from now (tokens already reserved stay reserved)."""
+        """Give no token out for `seconds` from now (tokens already reserved stay reserved)."""
         ...
 
     async def close(self) -> None: ...
@@ -75,16 +75,14 @@ class LocalBuckets:
         self._next: dict[str, float] = {}  # key -> theoretical arrival time of the next token
         self._lock = threading.Lock()
 
-    def take(self, limits: Sequence[Limit], max_wait: float | None = None) -> float | None:
+    def take(self, limit: Limit, max_wait: float | None = None) -> float | None:
         with self._lock:
             now = self._clock()
-            arrivals = [max(self._next.get(limit.key, now), now) for limit in limits]
-            at = max([now, *(arrival - limit.tolerance for arrival, limit in zip(arrivals, limits, strict=True))])
-            wait = at - now
+            arrival = max(self._next.get(limit.key, now), now)
+            wait = max(0.0, arrival - limit.tolerance - now)
             if max_wait is not None and wait > max_wait:
                 return None
-            for arrival, limit in zip(arrivals, limits, strict=True):
-                self._next[limit.key] = max(arrival, at) + limit.interval
+            self._next[limit.key] = arrival + limit.interval
             if len(self._next) > 10_000:
                 self._forget_idle(now)
             return wait
@@ -94,8 +92,8 @@ class LocalBuckets:
         for key in [key for key, arrival in self._next.items() if arrival < now]:
             del self._next[key]
 
-    async def reserve(self, limits: Sequence[Limit], max_wait: float | None = None) -> float | None:
-        return self.take(limits, max_wait)
+    async def reserve(self, limit: Limit, max_wait: float | None = None) -> float | None:
+        return self.take(limit, max_wait)
 
     def hold(self, limit: Limit, seconds: float) -> None:
         with self._lock:
@@ -110,30 +108,21 @@ class LocalBuckets:
         return None
 
 
-# KEYS: the buckets. ARGV[1]: the longest acceptable wait in seconds (negative: any); then for each key, its
-# interval and tolerance. Returns {1, wait} with the tokens taken, or {0, wait} with nothing taken. Numbers
-# go out as strings: Redis would truncate a Lua number to an integer.
+# KEYS[1]: the bucket. ARGV: the longest acceptable wait in seconds (negative: any), the interval, the
+# tolerance. Returns {1, wait} with the token taken, or {0, wait} with nothing taken. Numbers go out as
+# strings: Redis would truncate a Lua number to an integer.
 _RESERVE = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local max_wait = tonumber(ARGV[1])
-local arrivals = {}
-local at = now
-for i, key in ipairs(KEYS) do
-  local arrival = tonumber(redis.call('GET', key) or '0')
-  if arrival < now then arrival = now end
-  arrivals[i] = arrival
-  local allowed = arrival - tonumber(ARGV[2 * i + 1])
-  if allowed > at then at = allowed end
-end
-local wait = at - now
+local arrival = tonumber(redis.call('GET', KEYS[1]) or '0')
+if arrival < now then arrival = now end
+local wait = math.max(0, arrival - tonumber(ARGV[3]) - now)
 if max_wait >= 0 and wait > max_wait then
   return {0, string.format('%.6f', wait)}
 end
-for i, key in ipairs(KEYS) do
-  local arrival = math.max(arrivals[i], at) + tonumber(ARGV[2 * i])
-  redis.call('SET', key, string.format('%.6f', arrival), 'PX', math.ceil((arrival - now) * 1000) + 1000)
-end
+arrival = arrival + tonumber(ARGV[2])
+redis.call('SET', KEYS[1], string.format('%.6f', arrival), 'PX', math.ceil((arrival - now) * 1000) + 1000)
 return {1, string.format('%.6f', wait)}
 """
 
@@ -151,33 +140,28 @@ return 1
 
 
 class RedisBuckets:
-    """Buckets in Redis, shared by every process that uses the same Redis and key prefix.
-
-    Keys carry one hash tag, so a take over several keys also works on Redis Cluster.
-    """
+    """Buckets in Redis, shared by every process that uses the same Redis and key prefix."""
 
     def __init__(self, url: str, prefix: str, fallback: LocalBuckets | None = None) -> None:
         import redis.asyncio  # noqa: PLC0415 - only workers with a shared limit need it
 
         self._redis: Any = redis.asyncio.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
-        self._prefix = f"{{{prefix}}}:"
+        self._prefix = prefix
         self._reserve = self._redis.register_script(_RESERVE)
         self._pause = self._redis.register_script(_PAUSE)
         self._fallback = fallback or LocalBuckets()
         self._failing = False
 
     def key(self, limit: Limit) -> str:
-        return self._prefix + limit.key
+        return f"{self._prefix}:{limit.key}"
 
-    async def reserve(self, limits: Sequence[Limit], max_wait: float | None = None) -> float | None:
-        arguments: list[float] = [-1.0 if max_wait is None else max(0.0, max_wait)]
-        for limit in limits:
-            arguments += [limit.interval, limit.tolerance]
+    async def reserve(self, limit: Limit, max_wait: float | None = None) -> float | None:
+        arguments = [-1.0 if max_wait is None else max(0.0, max_wait), limit.interval, limit.tolerance]
         try:
-            taken, wait = await self._reserve(keys=[self.key(limit) for limit in limits], args=arguments)
+            taken, wait = await self._reserve(keys=[self.key(limit)], args=arguments)
         except Exception as error:
             self._fell_back(error)
-            return self._fallback.take(limits, max_wait)
+            return self._fallback.take(limit, max_wait)
         self._recovered()
         return float(wait) if int(taken) else None
 
@@ -202,13 +186,25 @@ class RedisBuckets:
         await self._redis.aclose()
 
 
+class Turn(enum.Enum):
+    """How waiting for an attempt's tokens ended."""
+
+    GRANTED = "granted"
+    TOO_LATE = "too_late"  # no token within the allowed wait: nothing may be sent
+    ABANDONED = "abandoned"  # the caller gave up while waiting (it lost its job)
+
+
+#: sleeps for the given seconds; False when the caller can no longer send (it lost its job meanwhile)
+Wait = Callable[[float], Awaitable[bool]]
+
+
 class Limiter(Protocol):
     """What the send logic asks before every HTTP attempt."""
 
     @property
     def enabled(self) -> bool: ...
 
-    async def reserve(self, campaign: str | None, max_wait: float | None) -> float | None: ...
+    async def acquire(self, campaign: str | None, max_wait: float | None, wait: Wait) -> Turn: ...
 
     async def throttled(self, retry_after: float | None) -> None: ...
 
@@ -220,8 +216,8 @@ class Unlimited:
 
     enabled = False
 
-    async def reserve(self, campaign: str | None, max_wait: float | None) -> float | None:
-        return 0.0
+    async def acquire(self, campaign: str | None, max_wait: float | None, wait: Wait) -> Turn:
+        return Turn.GRANTED
 
     async def throttled(self, retry_after: float | None) -> None:
         return None
@@ -237,9 +233,11 @@ DEFAULT_THROTTLE_PAUSE = 1.0
 class Pacer:
     """The global limit plus per-campaign rates, over one set of buckets.
 
-    A campaign's rate is looked up through `campaign_rate` (the ledger) and cached for `cache_ttl` seconds,
-    so a rate changed by a later ``submit --rate`` reaches running workers within that time without a query
-    per job. Campaign buckets hold one token (smooth pacing); the global one holds `burst`.
+    An attempt takes its campaign's token first and only then, once that token is due, the global one: a
+    global token is never held while waiting on a slow campaign, so one paced campaign cannot hold back the
+    rest of the traffic. A campaign's rate is looked up through `campaign_rate` (the ledger) and cached for
+    `cache_ttl` seconds, so a rate changed by a later ``submit --rate`` reaches running workers within that
+    time without a query per job. Campaign buckets hold one token (smooth pacing); the global one `burst`.
     """
 
     enabled = True
@@ -260,11 +258,14 @@ class Pacer:
         self._rates: dict[str, tuple[float | None, float]] = {}
 
     async def limits_for(self, campaign: str | None) -> list[Limit]:
-        limits = [self.global_limit] if self.global_limit is not None else []
+        """The buckets an attempt takes from, in order."""
+        limits = []
         if campaign is not None:
             rate = await self._rate(campaign)
             if rate:
                 limits.append(Limit(f"campaign:{campaign}", rate))
+        if self.global_limit is not None:
+            limits.append(self.global_limit)
         return limits
 
     async def _rate(self, campaign: str) -> float | None:
@@ -281,11 +282,20 @@ class Pacer:
         self._rates[campaign] = (rate, now + self._cache_ttl)
         return rate
 
-    async def reserve(self, campaign: str | None, max_wait: float | None) -> float | None:
-        limits = await self.limits_for(campaign)
-        if not limits:
-            return 0.0
-        return await self.buckets.reserve(limits, max_wait)
+    async def acquire(self, campaign: str | None, max_wait: float | None, wait: Wait) -> Turn:
+        """Take every token the attempt needs, waiting (through `wait`) as long as each asks, but no longer
+        than `max_wait` in all."""
+        started = self._clock()
+        for limit in await self.limits_for(campaign):
+            remaining = None if max_wait is None else max_wait - (self._clock() - started)
+            if remaining is not None and remaining < 0:
+                return Turn.TOO_LATE
+            delay = await self.buckets.reserve(limit, remaining)
+            if delay is None:
+                return Turn.TOO_LATE
+            if delay > 0 and not await wait(delay):
+                return Turn.ABANDONED
+        return Turn.GRANTED
 
     async def throttled(self, retry_after: float | None) -> None:
         """ACS answered 429: hold the global bucket (the ACS resource's limit) for the time it asked."""

@@ -22,7 +22,7 @@ from worker.acs import Answer, Outcome
 from worker.config import Settings
 from worker.ledger import Job, Ledger, State, op_claim, op_extend_lease, op_start_attempt, op_transition
 from worker.logs import get_logger
-from worker.ratelimit import Limiter, Unlimited
+from worker.ratelimit import Limiter, Turn, Unlimited
 from worker.signing import http_date
 
 log = get_logger(__name__)
@@ -152,32 +152,39 @@ class _Stopped:
 
 
 async def _take_token(job: Job, ctx: Context) -> Job | _Stopped:
-    """Wait for this attempt's rate-limit token. A first attempt waits before First-Sent is fixed, so the wait
+    """Wait for this attempt's rate-limit tokens. A first attempt waits before First-Sent is fixed, so the wait
     costs none of the repeatability window; a retry that could get no token before the window closes is not
     sent. The lease is stretched over a long wait so the sweeper does not hand the job to another worker."""
-    now = ctx.clock()
+    held = job
     deadline = None if job.first_sent is None else job.first_sent + ctx.settings.send_deadline
+
+    async def wait(seconds: float) -> bool:
+        nonlocal held
+        now = ctx.clock()
+        if now + seconds + ctx.settings.claim_lease / 2 > (held.lease_until or now):
+            lease_until = now + seconds + ctx.settings.claim_lease
+            extended = await ctx.ledger.run(op_extend_lease, held.id, ctx.worker_id, held.state, lease_until, now)
+            if extended is None:
+                return False
+            held = extended
+        log.debug("job.paced", wait=round(seconds, 3), campaign=held.campaign)
+        await ctx.sleep(seconds)
+        return True
+
+    now = ctx.clock()
     if deadline is not None and now >= deadline:
         return job  # the window check that follows settles it
-    wait = await ctx.limiter.reserve(job.campaign, None if deadline is None else deadline - now)
-    if wait is None:
+    turn = await ctx.limiter.acquire(job.campaign, None if deadline is None else deadline - now, wait)
+    if turn is Turn.ABANDONED:
+        log.warning("job.lost_claim", reason="another worker took the job over while it waited for a token")
+        return _Stopped(None)
+    if turn is Turn.TOO_LATE:
         detail = (
-            f"no rate-limit token before the repeatability window closes (attempt {job.attempts + 1}); "
-            f"last answer: {job.last_message}"
+            f"no rate-limit token before the repeatability window closes (attempt {held.attempts + 1}); "
+            f"last answer: {held.last_message}"
         )
-        return _Stopped(await _settle(job, ctx, State.UNKNOWN, None, detail))
-    if wait <= 0:
-        return job
-    if now + wait + ctx.settings.claim_lease / 2 > (job.lease_until or now):
-        lease_until = now + wait + ctx.settings.claim_lease
-        held = await ctx.ledger.run(op_extend_lease, job.id, ctx.worker_id, job.state, lease_until, now)
-        if held is None:
-            log.warning("job.lost_claim", reason="another worker took the job over while it waited for a token")
-            return _Stopped(None)
-        job = held
-    log.debug("job.paced", wait=round(wait, 3), campaign=job.campaign)
-    await ctx.sleep(wait)
-    return job
+        return _Stopped(await _settle(held, ctx, State.UNKNOWN, None, detail))
+    return held
 
 
 async def _settle(job: Job, ctx: Context, state: str, answer: Answer | None, detail: str) -> Job | None:
@@ -203,6 +210,11 @@ async def _transition(
         detail=detail,
     )
     if moved is None:
+        current = await ctx.ledger.get(job.id)
+        if current is not None and current.state in State.FINAL:
+            # The outcome event overtook the answer (or the job was settled otherwise): nothing left to do.
+            log.info("job.settled_meanwhile", state=current.state, wanted=state)
+            return current
         log.warning("job.lost_claim", to_state=state, reason="another worker took the job over")
         return None
     log_method = log.info if state in {State.ACCEPTED, State.RETRY_WAIT} else log.warning

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from worker.cli import campaigns, configuration, health, jobs, local
+from worker.cli import campaigns, configuration, dead, health, jobs, local, serve
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -13,7 +13,7 @@ def main() -> None:
     """Idempotent ACS Call Automation transfers through a message queue."""
 
 
-for command in (jobs.enqueue, jobs.status, local.emulator, local.demo):
+for command in (jobs.enqueue, jobs.status, local.emulator, local.demo, serve.serve, dead.dead):
     main.add_command(command)
 for command in (campaigns.submit, campaigns.campaign):
     main.add_command(command)

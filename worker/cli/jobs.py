@@ -8,9 +8,10 @@ from collections.abc import Sequence
 
 import click
 
-from worker.cli.common import pairs, settings, when
+from worker.cli.common import pairs, settings
 from worker.errors import IdempotencyConflict, JobNotFound, ValidationError
 from worker.ledger import SyncLedger
+from worker.views import history_view, job_view
 
 
 @click.command()
@@ -69,9 +70,11 @@ def enqueue(
 @click.argument("job_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the job and its history as JSON.")
 def status(job_id: str, as_json: bool) -> None:
-    """Show a job's state, attempts, request id, first-sent, last answer and history."""
-    from worker.signing import http_date  # noqa: PLC0415
+    """Show a job's state and why, attempts, request id, first-sent, last answer, outcome and history."""
+    show_job(job_id, as_json)
 
+
+def show_job(job_id: str, as_json: bool) -> None:
     ledger = SyncLedger(settings().ledger_url)
     try:
         job = ledger.get(job_id)
@@ -80,48 +83,15 @@ def status(job_id: str, as_json: bool) -> None:
         raise click.ClickException(str(error)) from None
     finally:
         ledger.close()
-    first_sent = http_date(job.first_sent) if job.first_sent is not None else None
+    document = job_view(job)
     if as_json:
-        document = {
-            "job_id": job.id,
-            "state": job.state,
-            "attempts": job.attempts,
-            "request_id": job.request_id,
-            "first_sent": first_sent,
-            "call_connection_id": job.call_connection_id,
-            "idempotency_key": job.idempotency_key,
-            "campaign": job.campaign,
-            "last_status": job.last_status,
-            "last_error": job.last_error,
-            "last_message": job.last_message,
-            "reason": job.reason,
-            "created_at": when(job.created_at),
-            "accepted_at": when(job.accepted_at),
-            "history": [
-                {"at": when(e.at), "from": e.from_state, "to": e.to_state, "attempt": e.attempt, "detail": e.detail}
-                for e in events
-            ],
-        }
-        click.echo(json.dumps(document, indent=2))
+        click.echo(json.dumps({**document, "history": history_view(events)}, indent=2))
         return
-    rows = [
-        ("job", job.id),
-        ("state", job.state),
-        ("attempts", str(job.attempts)),
-        ("request id", job.request_id),
-        ("first sent", first_sent or "-"),
-        ("call", job.call_connection_id),
-        ("idempotency key", job.idempotency_key or "-"),
-        ("campaign", job.campaign or "-"),
-        ("reason", job.reason or "-"),
-        ("last answer", job.last_message or "-"),
-        ("created", when(job.created_at)),
-        ("accepted", when(job.accepted_at)),
-    ]
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
+    shown = {key.replace("_", " "): value for key, value in document.items() if value is not None}
+    width = max(len(name) for name in shown)
+    for name, value in shown.items():
         click.echo(f"{name:<{width}}  {value}")
     click.echo("history:")
-    for event in events:
-        detail = f"  {event.detail}" if event.detail else ""
-        click.echo(f"  {when(event.at)}  {event.from_state or '-'} -> {event.to_state}{detail}")
+    for step in history_view(events):
+        detail = f"  {step['detail']}" if step["detail"] else ""
+        click.echo(f"  {step['at']}  {step['from'] or '-'} -> {step['to']}{detail}")

@@ -1,0 +1,171 @@
+"""The outcome-event receiver: ACS POSTs CloudEvents here; transfer outcomes settle their jobs.
+
+    POST /v1/callbacks/{job_id}   the URI the producer puts in operationCallbackUri (names the job)
+    POST /v1/callbacks            events forwarded by a producer that uses its own callback URI: matched to
+                                  the latest job on the event's call (and operation context, when given)
+
+Each request must carry ACS's bearer token (verified in `worker.tokens`) unless verification is switched off
+for local development. Events are deduplicated on their CloudEvent id. `CallTransferAccepted` moves a job to
+``transferred``, `CallTransferFailed` to ``transfer_failed``, with resultInformation stored; any other event
+type is logged and ignored. An event for an unknown job, or one that arrives twice or after the job settled,
+is recorded and answered 200 so ACS does not retry it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy.engine import Connection
+
+from worker.errors import CallbackRejected
+from worker.ledger import (
+    Job,
+    Ledger,
+    Outcome,
+    State,
+    op_apply_outcome,
+    op_find_job_for_event,
+    op_get,
+    op_record_event,
+)
+from worker.logs import get_logger
+from worker.producer import CALLBACK_PATH
+from worker.tokens import TokenVerifier
+
+log = get_logger(__name__)
+TRANSFER_OUTCOMES = {
+    "Microsoft.Communication.CallTransferAccepted": State.TRANSFERRED,
+    "Microsoft.Communication.CallTransferFailed": State.TRANSFER_FAILED,
+}
+
+
+@dataclass(frozen=True)
+class TransferEvent:
+    """The parts of a transfer outcome event the ledger needs."""
+
+    id: str
+    type: str
+    call_connection_id: str
+    operation_context: str | None
+    outcome: Outcome
+    payload: str
+
+
+def parse_event(event: object) -> TransferEvent | str:
+    """A transfer event, or why this event is not one we act on."""
+    if not isinstance(event, Mapping):
+        return "not an object"
+    event_id, event_type, data = event.get("id"), event.get("type"), event.get("data")
+    if not isinstance(event_id, str) or not event_id or len(event_id) > 200 or not isinstance(event_type, str):
+        return "missing id or type"
+    if event_type not in TRANSFER_OUTCOMES:
+        return f"not a transfer outcome ({event_type[:100]})"
+    if not isinstance(data, Mapping) or not isinstance(data.get("callConnectionId"), str):
+        return "data.callConnectionId is missing"
+    result = data.get("resultInformation")
+    result = result if isinstance(result, Mapping) else {}
+    context = data.get("operationContext")
+    return TransferEvent(
+        id=event_id,
+        type=event_type,
+        call_connection_id=data["callConnectionId"],
+        operation_context=context if isinstance(context, str) else None,
+        outcome=Outcome(
+            state=TRANSFER_OUTCOMES[event_type],
+            code=_integer(result.get("code")),
+            subcode=_integer(result.get("subCode")),
+            message=str(result["message"])[:2000] if result.get("message") is not None else None,
+        ),
+        payload=json.dumps(event)[:100_000],
+    )
+
+
+def _integer(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def op_receive(
+    connection: Connection, event: TransferEvent, path_job_id: str | None, now: float
+) -> tuple[str, Job | None]:
+    """Dedupe, correlate and apply one event in one transaction: (what happened, the job if any)."""
+    job_id = path_job_id
+    if job_id is not None:
+        job = op_get(connection, job_id)
+        if job is None or job.call_connection_id != event.call_connection_id:
+            job_id = None  # a URI naming another job (or none): correlate nothing rather than the wrong job
+    else:
+        job_id = op_find_job_for_event(connection, event.call_connection_id, event.operation_context)
+    if not op_record_event(connection, event.id, event.type, job_id, event.payload, now):
+        return "duplicate", None
+    if job_id is None:
+        return "unmatched", None
+    code = f" (code {event.outcome.code}, subCode {event.outcome.subcode})" if event.outcome.code is not None else ""
+    detail = f"{event.type.rsplit('.', 1)[-1]}{code}: {event.outcome.message or 'no message'}"
+    settled = op_apply_outcome(connection, job_id, event.outcome, detail, now)
+    if settled is None:
+        return "already_settled", op_get(connection, job_id)
+    return "applied", settled
+
+
+async def receive(request: web.Request, ledger: Ledger, verifier: TokenVerifier | None) -> web.Response:
+    if verifier is not None:
+        try:
+            await verifier.verify(request.headers.get("Authorization"))
+        except CallbackRejected as error:
+            log.warning("callback.rejected", reason=str(error), remote=request.remote)
+            return web.json_response({"error": {"code": "Unauthorized", "message": str(error)}}, status=401)
+    try:
+        document = json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError):
+        return web.json_response({"error": {"code": "BadRequest", "message": "body is not JSON"}}, status=400)
+    events = document if isinstance(document, list) else [document]
+    path_job_id = request.match_info.get("job_id")
+    counts: dict[str, int] = {}
+    for raw in events:
+        parsed = parse_event(raw)
+        if isinstance(parsed, str):
+            log.info("callback.ignored", reason=parsed, job_id=path_job_id)
+            counts["ignored"] = counts.get("ignored", 0) + 1
+            continue
+        result, job = await ledger.run(op_receive, parsed, path_job_id, time.time())
+        counts[result] = counts.get(result, 0) + 1
+        _log_result(result, parsed, job, path_job_id)
+    return web.json_response({"received": len(events), **counts})
+
+
+def _log_result(result: str, event: TransferEvent, job: Job | None, path_job_id: str | None) -> None:
+    fields: dict[str, Any] = {
+        "event_id": event.id,
+        "event_type": event.type,
+        "call_connection_id": event.call_connection_id,
+        "job_id": job.id if job else path_job_id,
+    }
+    if result == "applied" and job is not None:
+        outcome = event.outcome
+        log.info(
+            "job.transition",
+            to_state=job.state,
+            result_code=outcome.code,
+            result_subcode=outcome.subcode,
+            result_message=outcome.message,
+            request_id=job.request_id,
+            **fields,
+        )
+        if job.replayed_by is not None:
+            log.error("callback.outcome_after_replay", replayed_by=job.replayed_by, **fields)
+    elif result == "already_settled" and job is not None and job.state != event.outcome.state:
+        log.warning("callback.conflicting_outcome", state=job.state, event_state=event.outcome.state, **fields)
+    else:
+        log.info(f"callback.{result}", **fields)
+
+
+def routes(ledger: Ledger, verifier: TokenVerifier | None) -> list[web.RouteDef]:
+    """The receiver's routes; `verifier` None means tokens are not checked (local development only)."""
+    handler = functools.partial(receive, ledger=ledger, verifier=verifier)
+    return [web.post(CALLBACK_PATH, handler), web.post(CALLBACK_PATH + "/{job_id}", handler)]

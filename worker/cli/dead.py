@@ -1,0 +1,83 @@
+"""`acs-transfer dead ...`: inspect failed and dead jobs, and replay them on purpose."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import click
+
+from worker.cli.common import settings
+from worker.cli.jobs import show_job
+from worker.errors import JobNotFound, ReplayRefused
+from worker.ledger import State, SyncLedger, op_jobs_in_states
+
+
+@click.group()
+def dead() -> None:
+    """Jobs that need an operator: dead (outcome never known) and failed (ACS refused them)."""
+
+
+@dead.command("list")
+@click.option("--campaign", help="Only jobs of this campaign.")
+@click.option("--limit", default=200, show_default=True, help="At most this many, most recent first.")
+def list_jobs(campaign: str | None, limit: int) -> None:
+    """List dead and failed jobs with ACS's error code and message, or why they died."""
+    ledger = SyncLedger(settings().ledger_url)
+    try:
+        found = ledger.run(op_jobs_in_states, State.REPLAYABLE, campaign, limit)
+    finally:
+        ledger.close()
+    if not found:
+        click.echo("no failed or dead jobs")
+        return
+    for job in found:
+        answer = f"{job.last_status} {job.last_error or ''}".strip() if job.last_status else (job.last_error or "-")
+        replayed = f"  replayed as {job.replayed_by}" if job.replayed_by else ""
+        click.echo(f"{job.id}  {job.state:<6}  {job.call_connection_id}  {answer}  {job.reason or ''}{replayed}")
+
+
+@dead.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True)
+def show(job_id: str, as_json: bool) -> None:
+    """Everything about one job, with its history."""
+    show_job(job_id, as_json)
+
+
+@dead.command("replay")
+@click.argument("job_ids", nargs=-1)
+@click.option("--campaign", help="Replay every failed or dead job of this campaign not replayed yet.")
+@click.option("--reason", default="operator replay", show_default=True, help="Recorded on both jobs.")
+def replay_command(job_ids: Sequence[str], campaign: str | None, reason: str) -> None:
+    """Send failed or dead jobs again as new jobs, each under a NEW request id, linked to the original."""
+    from worker.celery_app import create_app  # noqa: PLC0415 - publishing only for this command
+    from worker.publisher import Publisher  # noqa: PLC0415
+    from worker.replay import replay  # noqa: PLC0415
+
+    if bool(job_ids) == bool(campaign):
+        raise click.UsageError("give job ids or --campaign, not both")
+    config = settings()
+    ledger = SyncLedger(config.ledger_url)
+    publisher = Publisher(create_app(config), config)
+    try:
+        if campaign:
+            candidates = ledger.run(op_jobs_in_states, State.REPLAYABLE, campaign, 1_000_000)
+            job_ids = [job.id for job in candidates if job.replayed_by is None]
+        refused = 0
+        for job_id in job_ids:
+            try:
+                done = replay(ledger, publisher, job_id, reason, config.callback_base_url)
+            except (JobNotFound, ReplayRefused) as error:
+                click.echo(f"{job_id}: not replayed: {error}", err=True)
+                refused += 1
+                continue
+            click.echo(f"{job_id} -> {done.replacement.id}")
+            if done.effect_unknown:
+                click.echo(
+                    f"  warning: {job_id}'s outcome was unknown; if it did take effect the call is transferred twice",
+                    err=True,
+                )
+    finally:
+        ledger.close()
+    if refused:
+        raise SystemExit(1)

@@ -1,0 +1,52 @@
+"""`acs-transfer serve`: one aiohttp server for the outcome-event receiver and the HTTP intake."""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from worker import callbacks
+from worker.config import Settings
+from worker.errors import ConfigError
+from worker.ledger import Ledger
+from worker.logs import get_logger, register_secret
+from worker.tokens import TokenVerifier
+
+log = get_logger(__name__)
+
+
+async def create_app(settings: Settings) -> web.Application:
+    """The application with its resources opened (ledger pool, HTTP session); they close with the app."""
+    if settings.callback_verify and not settings.acs_resource_id:
+        raise ConfigError(
+            "ACS_RESOURCE_ID must be set to verify callback tokens (or CALLBACK_VERIFY=false for local development)"
+        )
+    for token in settings.intake_tokens:
+        register_secret(token)
+    ledger = await Ledger.open(settings.ledger_url)
+    session = aiohttp.ClientSession()
+    verifier = None
+    if settings.callback_verify:
+        assert settings.acs_resource_id is not None
+        verifier = TokenVerifier(
+            settings.callback_jwks_url, settings.callback_issuer, settings.acs_resource_id, session
+        )
+    else:
+        log.warning(
+            "callback.verification_disabled",
+            detail="CALLBACK_VERIFY=false: anyone who can reach this server can settle jobs; local development only",
+        )
+    app = web.Application(client_max_size=settings.intake_max_body)
+    app.add_routes(callbacks.routes(ledger, verifier))
+
+    async def close(_: web.Application) -> None:
+        await session.close()
+        await ledger.close()
+
+    app.on_cleanup.append(close)
+    return app
+
+
+def run_server(settings: Settings) -> None:
+    log.info("server.starting", host=settings.serve_host, port=settings.serve_port)
+    web.run_app(create_app(settings), host=settings.serve_host, port=settings.serve_port, print=None)
