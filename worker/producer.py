@@ -105,10 +105,7 @@ class Producer:
         )
         ((job, created),) = self.ledger.create_jobs([new_job])
         if created:
-            try:
-                self.publisher.publish([job.id])
-            except Exception as error:
-                log.warning("job.publish_deferred", job_id=job.id, error=f"{type(error).__name__}: {error}")
+            self.publisher.publish_saved([job.id])
         else:
             log.info("job.exists", job_id=job.id, idempotency_key=idempotency_key, state=job.state)
         return Enqueued(job, created)

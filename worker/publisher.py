@@ -41,6 +41,18 @@ class Publisher:
                 count += 1
         return count
 
+    def publish_saved(self, job_ids: list[str]) -> None:
+        """Publish jobs just written to the ledger. A broker failure is logged, not raised: the jobs exist,
+        and the sweeper publishes them once the broker is back."""
+        if not job_ids:
+            return
+        try:
+            self.publish(job_ids)
+        except Exception as error:
+            log.warning(
+                "job.publish_deferred", jobs=len(job_ids), first=job_ids[0], error=f"{type(error).__name__}: {error}"
+            )
+
     def queue_depth(self) -> int | None:
         """Messages ready in the transfer queue, or None when the broker cannot tell."""
         try:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import web
 
-from worker import callbacks
+from worker import callbacks, intake
+from worker.celery_app import create_app as create_celery_app
 from worker.config import Settings
 from worker.errors import ConfigError
 from worker.ledger import Ledger
 from worker.logs import get_logger, register_secret
+from worker.publisher import Publisher
 from worker.tokens import TokenVerifier
 
 log = get_logger(__name__)
@@ -36,8 +38,12 @@ async def create_app(settings: Settings) -> web.Application:
             "callback.verification_disabled",
             detail="CALLBACK_VERIFY=false: anyone who can reach this server can settle jobs; local development only",
         )
-    app = web.Application(client_max_size=settings.intake_max_body)
+    publisher = Publisher(create_celery_app(settings), settings)
+    app = web.Application(client_max_size=settings.intake_max_body, middlewares=[intake.json_errors])
     app.add_routes(callbacks.routes(ledger, verifier))
+    app.add_routes(intake.routes(settings, ledger, publisher))
+    if not settings.intake_tokens:
+        log.warning("intake.disabled", detail="INTAKE_TOKENS is not set: every intake request is refused")
 
     async def close(_: web.Application) -> None:
         await session.close()
