@@ -165,20 +165,34 @@ async def test_two_workers_sharing_a_redis_limit_stay_within_it_together(
 ) -> None:
     rate, burst, count = 20.0, 2.0, 60
     stack: Stack = await make_stack("rabbitmq", "postgresql")
-    stack.settings = replace(stack.settings, rate_limit=rate, rate_limit_burst=burst, rate_limit_redis_url=redis_url)
+    stack.settings = replace(
+        stack.settings,
+        rate_limit=rate,
+        rate_limit_burst=burst,
+        rate_limit_redis_url=redis_url,
+        # Jobs wait in the workers' prefetch for their tokens: keep the sweeper from re-publishing them meanwhile
+        # (harmless, but the duplicate deliveries it makes load the workers and blur the timing measured here).
+        republish_after=60.0,
+        claim_lease=10.0,
+    )
     stack.start_worker()
     stack.start_worker()
     job_ids = [stack.enqueue(f"call-rate-{index}") for index in range(count)]
     for job_id in job_ids:
         job = await stack.settled(job_id)
         assert job.state == State.ACCEPTED, job.reason
-    times = sorted(entry.at for entry in stack.emulator.state.requests)
-    assert len(times) == count
-    # In any window of W seconds the bucket lets through at most burst + rate * W (one more for jitter
-    # between a token's slot and its request's arrival).
+    requests = list(stack.emulator.state.requests)
+    repeated = sorted({e.call_connection_id for e in requests if len(stack.requests_for(e.call_connection_id)) > 1})
+    assert len(requests) == count, [(call, [e.status for e in stack.requests_for(call)]) for call in repeated]
+    assert stack.emulator.state.effects.calls_with_more_than_one_effect() == []
+    times = sorted(entry.at for entry in requests)
+    # In any window of W seconds the bucket hands out at most burst + rate * W tokens. A request reaches the
+    # emulator a little after its token's slot (event loop wake-up, ledger write, HTTP) and that delay varies,
+    # so a window may also hold requests whose slots were up to `jitter` before it.
+    jitter = 0.2
     for window in (0.5, 1.0, 2.0):
-        assert _max_in_window(times, window) <= burst + rate * window + 1, window
-    assert times[-1] - times[0] >= (count - burst) / rate - 0.3
+        assert _max_in_window(times, window) <= burst + rate * (window + jitter), window
+    assert times[-1] - times[0] >= (count - burst) / rate - jitter
     # Both workers sent: the limit was shared, not one worker doing all the work.
     for path in sorted(stack.log_dir.glob("worker-*.log")):
         attempts = [line for line in path.read_text().splitlines() if '"acs.attempt"' in line]
