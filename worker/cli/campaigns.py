@@ -16,6 +16,7 @@ from worker.campaign_files import FORMATS, FileError, detect_format, read_rows
 from worker.campaign_submit import DEFAULT_BATCH, SHOWN_REJECTS, RejectsFile, Submitter, Summary
 from worker.cli.common import settings
 from worker.ledger import State, SyncLedger
+from worker.reports import write_report
 
 #: exit statuses of `submit`, for scripts
 ALL_VALID, SOME_REJECTED, UNREADABLE, INTERRUPTED = 0, 1, 2, 130
@@ -65,7 +66,9 @@ def submit(
     ledger = SyncLedger(loaded.ledger_url)
     publisher = Publisher(create_app(loaded), loaded)
     rejects_file = RejectsFile(rejects or file.with_name(file.name + ".rejects.jsonl"))
-    submitter = Submitter(ledger, publisher.publish, name, rejects_file, key_column, batch_size)
+    submitter = Submitter(
+        ledger, publisher.publish, name, rejects_file, key_column, batch_size, loaded.callback_base_url
+    )
     status = ALL_VALID
     try:
         ledger.run(op_save_campaign, name, rate, str(file), time.time())
@@ -122,8 +125,12 @@ def _print_summary(name: str, summary: Summary, rejects: Path) -> None:
 @click.option("--watch", is_flag=True, help="Refresh until every job has settled (or Ctrl-C).")
 @click.option("--interval", default=5.0, show_default=True, type=click.FloatRange(0.1), help="Rate window, seconds.")
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON (once, or a line per refresh).")
-# Reserved: `--report FILE` (one line per job: key, state, outcome) goes here, written after the counts.
-def campaign(name: str, watch: bool, interval: float, as_json: bool) -> None:
+@click.option(
+    "--report",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Write one row per job (final state, ACS result, attempts, timings) to FILE: .csv, or .json.",
+)
+def campaign(name: str, watch: bool, interval: float, as_json: bool, report: Path | None) -> None:
     """Show a campaign's jobs by state and how many settle per second."""
     ledger = SyncLedger(settings().ledger_url)
     try:
@@ -146,11 +153,21 @@ def campaign(name: str, watch: bool, interval: float, as_json: bool) -> None:
                 break
             time.sleep(interval if not live else min(interval, 1.0))
             progress = ledger.run(op_progress, name, time.time(), interval)
+        if report is not None:
+            _write_report(ledger, name, report)
     except KeyboardInterrupt:
         pass
     finally:
         ledger.close()
-    # Reserved: the `--report FILE` option writes its report here.
+
+
+def _write_report(ledger: SyncLedger, name: str, path: Path) -> None:
+    summary = write_report(ledger, name, path)
+    click.echo(f"report: {summary.rows} jobs written to {path}")
+    if summary.results:
+        click.echo("  outcomes reported by ACS:")
+        for result, count in summary.results.most_common(20):
+            click.echo(f"  {count:>10}  {result}")
 
 
 def _table(progress: Progress) -> list[str]:
