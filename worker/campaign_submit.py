@@ -99,6 +99,7 @@ class Submitter:
         rejects: RejectsFile | None = None,
         key_column: str | None = None,
         batch_size: int = DEFAULT_BATCH,
+        callback_base_url: str | None = None,
     ) -> None:
         self._ledger = ledger
         self._publish = publish
@@ -106,6 +107,7 @@ class Submitter:
         self._rejects = rejects
         self._key_column = key_column
         self._batch_size = batch_size
+        self._callback_base_url = callback_base_url
         self._publishing = True
         self.summary = Summary()
 
@@ -133,7 +135,9 @@ class Submitter:
             self._reject(row, error.issues)
             return None
         key = idempotency_key(self._campaign, row.key, request)
-        return prepare_job(request, idempotency_key=key, campaign=self._campaign)
+        return prepare_job(
+            request, idempotency_key=key, campaign=self._campaign, callback_base_url=self._callback_base_url
+        )
 
     def _reject(self, row: Row, issues: Iterable[Issue]) -> None:
         reject = Reject(row.line, tuple(issues), row.raw)
