@@ -23,7 +23,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "compose.yaml"
 BIN = Path(sys.executable).parent
 #: names that say "this holds a secret"
-SECRET_NAME = re.compile(r"KEY|TOKEN|PASSW|SECRET|CREDENTIAL|CONNECTION_STRING", re.IGNORECASE)
+SECRET_NAME = re.compile(r"KEY|TOKEN|PASS|SECRET|CREDENTIAL|CONNECTION_STRING", re.IGNORECASE)
 
 
 @dataclass
