@@ -79,6 +79,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_consumer": "worker.consumer:RecordingConsumer",
         # The file-backed transport has no broadcast worth polling for; remote control needs a real broker.
         "worker_enable_remote_control": not embedded,
+        # Task events let Flower show every task; they cost a few messages per task (TASK_EVENTS=false drops them).
+        "worker_send_task_events": settings.task_events and not embedded,
+        "task_send_sent_event": settings.task_events and not embedded,
         "task_default_queue": settings.queue,
         "task_queues": [transfer_queue(settings)],
         "task_routes": {TASK_NAME: {"queue": settings.queue}},

@@ -35,6 +35,7 @@ from worker.ledger import (
     op_record_event,
 )
 from worker.logs import get_logger
+from worker.metrics import CALLBACKS
 from worker.producer import CALLBACK_PATH
 from worker.tokens import TokenVerifier
 
@@ -119,6 +120,7 @@ async def receive(request: web.Request, ledger: Ledger, verifier: TokenVerifier 
             await verifier.verify(request.headers.get("Authorization"))
         except CallbackRejected as error:
             log.warning("callback.rejected", reason=str(error), remote=request.remote)
+            CALLBACKS.labels("rejected").inc()
             return web.json_response({"error": {"code": "Unauthorized", "message": str(error)}}, status=401)
     try:
         document = json.loads(await request.read())
@@ -131,10 +133,12 @@ async def receive(request: web.Request, ledger: Ledger, verifier: TokenVerifier 
         parsed = parse_event(raw)
         if isinstance(parsed, str):
             log.info("callback.ignored", reason=parsed, job_id=path_job_id)
+            CALLBACKS.labels("ignored").inc()
             counts["ignored"] = counts.get("ignored", 0) + 1
             continue
         result, job = await ledger.run(op_receive, parsed, path_job_id, time.time())
         counts[result] = counts.get(result, 0) + 1
+        CALLBACKS.labels(result).inc()
         _log_result(result, parsed, job, path_job_id)
     return web.json_response({"received": len(events), **counts})
 

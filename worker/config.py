@@ -110,6 +110,7 @@ class Settings:
     rate_limit_redis_url: str | None = None
     # Operations
     worker_metrics_port: int = 0
+    task_events: bool = True
 
     def __post_init__(self) -> None:
         if not self.broker_url:
@@ -261,6 +262,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "rate_limit_burst": ("RATE_LIMIT_BURST", _non_negative),
     "rate_limit_redis_url": ("RATE_LIMIT_REDIS_URL", _text),
     "worker_metrics_port": ("WORKER_METRICS_PORT", _port),
+    "task_events": ("TASK_EVENTS", _flag),
 }
 
 

@@ -27,6 +27,7 @@ from worker.campaign import op_progress
 from worker.config import Settings
 from worker.errors import IdempotencyConflict, Issue, ValidationError
 from worker.ledger import Job, Ledger, NewJob, op_create_jobs, op_events, op_get
+from worker.metrics import INTAKE
 from worker.models import parse_transfer
 from worker.openapi import OPENAPI
 from worker.producer import prepare_job
@@ -209,12 +210,23 @@ def routes(settings: Settings, ledger: Ledger, publisher: Publisher) -> list[web
 
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """aiohttp's own errors (too large, not found, wrong method) as JSON like every other error."""
+    """aiohttp's own errors (too large, not found, wrong method) as JSON like every other error; intake
+    requests counted by route and status."""
     try:
-        return await handler(request)
+        response = await handler(request)
     except web.HTTPException as failure:
         if failure.content_type == "application/json":
+            _count(request, failure.status)
             raise
         code = failure.reason.replace(" ", "")
         message = "the body is larger than INTAKE_MAX_BODY_BYTES" if failure.status == 413 else failure.reason
-        return error(failure.status, code, message)
+        response = error(failure.status, code, message)
+    _count(request, response.status)
+    return response
+
+
+def _count(request: web.Request, status: int) -> None:
+    route = request.match_info.route.resource
+    path = route.canonical if route is not None else "(unmatched)"
+    if path.startswith(("/v1/transfers", "/v1/campaigns")):
+        INTAKE.labels(path, str(status)).inc()

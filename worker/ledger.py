@@ -607,6 +607,13 @@ def op_jobs_in_states(connection: Connection, states: Sequence[str], campaign: s
     return [Job.from_row(row) for row in connection.execute(query)]
 
 
+def op_oldest_queued(connection: Connection) -> float | None:
+    """When the oldest job still waiting for a worker was created (None when nothing waits)."""
+    query = sa.select(sa.func.min(jobs.c.created_at)).where(jobs.c.state == State.QUEUED)
+    value = connection.execute(query).scalar()
+    return float(value) if value is not None else None
+
+
 def op_count_by_state(connection: Connection, campaign: str | None) -> dict[str, int]:
     query = sa.select(jobs.c.state, sa.func.count()).group_by(jobs.c.state)
     if campaign is not None:

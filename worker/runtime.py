@@ -15,6 +15,9 @@ from collections.abc import Coroutine
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
+from aiohttp import web
+
+from worker import probes
 from worker.acs import AcsClient
 from worker.campaign import op_campaign_rate
 from worker.celery_app import create_app
@@ -40,6 +43,7 @@ class Runtime:
         self._thread = threading.Thread(target=self._loop.run_forever, name="acs-transfer-loop", daemon=True)
         self._context: Context | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._probes: web.AppRunner | None = None
 
     def start(self, sweep: bool = True) -> None:
         self._thread.start()
@@ -59,6 +63,8 @@ class Runtime:
         )
         ledger = await Ledger.open(self.settings.ledger_url, pool_size=min(self.settings.worker_concurrency, 20))
         self._context = Context(self.settings, ledger, client, self.worker_id, limiter=self._limiter(ledger))
+        if self.settings.worker_metrics_port:
+            await self._serve_probes(ledger)
         if sweep:
             self._sweeper = asyncio.get_running_loop().create_task(
                 run_sweeper(self._context, self.publisher.publish, self.publisher.queue_depth)
@@ -77,6 +83,14 @@ class Runtime:
             campaign_rate,
         )
 
+    async def _serve_probes(self, ledger: Ledger) -> None:
+        app = web.Application()
+        app.add_routes(probes.routes(self.settings, ledger))
+        self._probes = web.AppRunner(app, access_log=None)
+        await self._probes.setup()
+        await web.TCPSite(self._probes, self.settings.serve_host, self.settings.worker_metrics_port).start()
+        log.info("worker.probes", host=self.settings.serve_host, port=self.settings.worker_metrics_port)
+
     @property
     def context(self) -> Context:
         assert self._context is not None, "Runtime.start() was not called"
@@ -92,6 +106,8 @@ class Runtime:
     async def _close(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self._probes is not None:
+            await self._probes.cleanup()
         if self._context is not None:
             sender = self._context.sender
             if isinstance(sender, AcsClient):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import web
 
-from worker import callbacks, intake
+from worker import callbacks, intake, probes
 from worker.celery_app import create_app as create_celery_app
 from worker.config import Settings
 from worker.errors import ConfigError
@@ -42,6 +42,7 @@ async def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=settings.intake_max_body, middlewares=[intake.json_errors])
     app.add_routes(callbacks.routes(ledger, verifier))
     app.add_routes(intake.routes(settings, ledger, publisher))
+    app.add_routes(probes.routes(settings, ledger))
     if not settings.intake_tokens:
         log.warning("intake.disabled", detail="INTAKE_TOKENS is not set: every intake request is refused")
 

@@ -22,6 +22,7 @@ from worker.acs import Answer, Outcome
 from worker.config import Settings
 from worker.ledger import Job, Ledger, State, op_claim, op_extend_lease, op_start_attempt, op_transition
 from worker.logs import get_logger
+from worker.metrics import ATTEMPTS, IN_FLIGHT, RATE_LIMIT_WAIT, REQUEST_SECONDS, RETRIES, TRANSITIONS
 from worker.ratelimit import Limiter, Turn, Unlimited
 from worker.signing import http_date
 
@@ -66,7 +67,9 @@ async def send_job(job_id: str, ctx: Context) -> Job | None:
     ):
         detail = None if before == State.QUEUED else "taken over after the previous holder's lease expired"
         log.info("job.transition", from_state=before, to_state=State.SENDING, attempt=job.attempts, detail=detail)
-        return await _drive(job, ctx)
+        TRANSITIONS.labels(State.SENDING).inc()
+        with IN_FLIGHT.track_inprogress():
+            return await _drive(job, ctx)
 
 
 def _log_skip(job_id: str, job: Job | None, now: float) -> None:
@@ -108,6 +111,8 @@ async def _drive(job: Job, ctx: Context) -> Job | None:
         job = started
         assert job.first_sent is not None
         answer = await ctx.sender.transfer(job.call_connection_id, body, job.request_id, http_date(job.first_sent))
+        ATTEMPTS.labels(answer.outcome.value, str(answer.status or answer.reach.value)).inc()
+        REQUEST_SECONDS.observe(answer.duration_ms / 1000)
         log.info(
             "acs.attempt",
             attempt=attempt,
@@ -135,6 +140,7 @@ async def _drive(job: Job, ctx: Context) -> Job | None:
         if resume_at >= deadline:
             detail = f"a retry in {delay:.1f}s would fall outside the repeatability window; last: {answer.summary}"
             return await _settle(job, ctx, State.UNKNOWN, answer, detail)
+        RETRIES.inc()
         waiting = await _transition(
             job, ctx, State.RETRY_WAIT, answer, f"retry in {delay:.2f}s after {answer.summary}", resume_at
         )
@@ -168,6 +174,7 @@ async def _take_token(job: Job, ctx: Context) -> Job | _Stopped:
                 return False
             held = extended
         log.debug("job.paced", wait=round(seconds, 3), campaign=held.campaign)
+        RATE_LIMIT_WAIT.observe(seconds)
         await ctx.sleep(seconds)
         return True
 
@@ -217,6 +224,7 @@ async def _transition(
             return current
         log.warning("job.lost_claim", to_state=state, reason="another worker took the job over")
         return None
+    TRANSITIONS.labels(state).inc()
     log_method = log.info if state in {State.ACCEPTED, State.RETRY_WAIT} else log.warning
     log_method("job.transition", from_state=job.state, to_state=state, attempt=job.attempts, detail=detail)
     return moved

@@ -1,0 +1,40 @@
+"""Operational endpoints, served by `acs-transfer serve` and by each worker on WORKER_METRICS_PORT.
+
+GET /metrics   Prometheus text format
+GET /healthz   the process is up (200)
+GET /readyz    the broker and the ledger answer (200), or which does not (503)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from worker.config import Settings
+from worker.health import run_checks
+from worker.ledger import Ledger
+from worker.metrics import refresh_ledger_gauges
+
+READY_TIMEOUT = 3.0
+
+
+def routes(settings: Settings, ledger: Ledger) -> list[web.RouteDef]:
+    async def metrics(_: web.Request) -> web.Response:
+        # A ledger outage must not hide the process's own metrics: its gauges just keep their last values.
+        with contextlib.suppress(Exception):
+            await refresh_ledger_gauges(ledger)
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        checks = await asyncio.to_thread(run_checks, settings, READY_TIMEOUT)
+        ready = all(check.ok for check in checks)
+        results = {check.name: {"ok": check.ok, "detail": check.detail} for check in checks}
+        return web.json_response({"ready": ready, "checks": results}, status=200 if ready else 503)
+
+    return [web.get("/metrics", metrics), web.get("/healthz", healthz), web.get("/readyz", readyz)]
