@@ -89,7 +89,8 @@ class RejectsFile:
 
 
 class Submitter:
-    """Turns rows into jobs of one campaign. `summary` is up to date after every batch, also after Ctrl-C."""
+    """Turns rows into jobs of one campaign. `summary` is up to date after every batch; setting `stopping`
+    (from a signal handler) ends the run after the batch in hand is written and published."""
 
     def __init__(
         self,
@@ -109,11 +110,14 @@ class Submitter:
         self._batch_size = batch_size
         self._callback_base_url = callback_base_url
         self._publishing = True
+        self.stopping = False
         self.summary = Summary()
 
     def submit(self, rows: Iterable[Row]) -> Summary:
         batch: list[tuple[Row, NewJob]] = []
         for row in rows:
+            if self.stopping:
+                break
             self.summary.read += 1
             job = self._job(row)
             if job is None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from types import FrameType
 
 import click
 from click._termui_impl import ProgressBar
@@ -55,8 +57,8 @@ def submit(
 ) -> None:
     """Enqueue every valid row of a CSV or JSONL FILE as a job of a campaign; re-running it adds only what is
     missing. Exits 0 when all rows were valid, 1 when some were rejected, 2 when the file cannot be read."""
-    from worker.celery_app import create_app  # noqa: PLC0415 - keeps the other commands light
-    from worker.publisher import Publisher  # noqa: PLC0415
+    from worker.bulk import BatchPublisher  # noqa: PLC0415 - keeps the other commands light
+    from worker.celery_app import create_app  # noqa: PLC0415
 
     try:
         file_format = detect_format(file, file_format)
@@ -64,12 +66,22 @@ def submit(
         raise click.UsageError(str(error)) from None
     loaded = settings()
     ledger = SyncLedger(loaded.ledger_url)
-    publisher = Publisher(create_app(loaded), loaded)
+    publisher = BatchPublisher(create_app(loaded), loaded)
     rejects_file = RejectsFile(rejects or file.with_name(file.name + ".rejects.jsonl"))
     submitter = Submitter(
         ledger, publisher.publish, name, rejects_file, key_column, batch_size, loaded.callback_base_url
     )
     status = ALL_VALID
+
+    def stop(_signal: int, _frame: FrameType | None) -> None:
+        # The first Ctrl-C finishes the batch in hand (no half-published batch, no half-written message file);
+        # a second one stops at once.
+        if submitter.stopping:
+            raise KeyboardInterrupt
+        submitter.stopping = True
+        click.echo("\nstopping after this batch (Ctrl-C again to stop at once)", err=True)
+
+    previous = signal.signal(signal.SIGINT, stop)
     try:
         ledger.run(op_save_campaign, name, rate, str(file), time.time())
         size = file.stat().st_size
@@ -87,11 +99,15 @@ def submit(
         click.echo(f"error: {file}: {error}", err=True)
         status = UNREADABLE
     except KeyboardInterrupt:
+        submitter.stopping = True
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        rejects_file.close()
+        publisher.close()
+        ledger.close()
+    if submitter.stopping:
         click.echo("interrupted: run the same command again to enqueue the rest", err=True)
         status = INTERRUPTED
-    finally:
-        rejects_file.close()
-        ledger.close()
     _print_summary(name, submitter.summary, rejects_file.path)
     if status == ALL_VALID and submitter.summary.rejected:
         status = SOME_REJECTED

@@ -1,0 +1,139 @@
+"""Publishing many job messages at once, as a campaign submit does.
+
+`Publisher` sends each message through Celery's ``send_task`` and waits for the broker to confirm it before the
+next: right for one job, slow for a hundred thousand, since a RabbitMQ quorum queue writes a message to disk
+on a majority of nodes before it confirms it. `BatchPublisher` keeps one connection whose channel is in
+confirm mode, publishes a whole batch, then waits once for all of its confirms: the same guarantee (every
+message of a batch that returns is on the queue), one wait per batch. The messages are Celery's own: one is
+built by Celery, and each job's message is that one with the job's id, so there is no per-message Celery
+machinery either. No task-sent event is published for them (Flower sees each task from when a worker takes
+it). Other brokers go through `Publisher`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import kombu
+from celery import Celery
+from kombu.exceptions import OperationalError as BrokerError
+
+from worker.broker import TASK_NAME, broker_kind, transfer_queue
+from worker.config import Settings
+from worker.publisher import Publisher
+
+
+class BatchPublisher:
+    """Job messages by the batch, each batch confirmed as a whole. Not thread-safe; `close()` when done."""
+
+    def __init__(self, app: Celery, settings: Settings, confirm_timeout: float = 60.0) -> None:
+        self._app = app
+        self._settings = settings
+        self._queue = transfer_queue(settings)
+        self._confirm_timeout = confirm_timeout
+        self._one_by_one = None if broker_kind(settings.broker_url) == "rabbitmq" else Publisher(app, settings)
+        self._connection: kombu.Connection | None = None
+        self._channel: Any = None
+        self._producer: kombu.Producer | None = None
+        self._sent = 0  # delivery tags on the channel run 1, 2, ... in confirm mode
+        self._unconfirmed: set[int] = set()
+        self._refused = 0
+        self._headers: dict[str, Any] | None = None
+        self._embed: Any = None
+
+    def publish(self, job_ids: Iterable[str]) -> int:
+        if self._one_by_one is not None:
+            return self._one_by_one.publish(job_ids)
+        try:
+            return self._publish_confirmed(job_ids)
+        except Exception:
+            self.close()  # a failed connection or channel is not reused
+            raise
+
+    def _publish_confirmed(self, job_ids: Iterable[str]) -> int:
+        producer = self._open()
+        headers, embed = self._template()
+        count = 0
+        for job_id in job_ids:
+            producer.publish(
+                json.dumps([[], {"job_id": job_id}, embed]),
+                content_type="application/json",
+                content_encoding="utf-8",
+                headers={**headers, "id": job_id, "root_id": job_id, "kwargsrepr": repr({"job_id": job_id})},
+                correlation_id=job_id,
+                delivery_mode=2,
+                # A direct exchange named like its queue: Celery publishes through the default exchange too.
+                exchange="",
+                routing_key=self._queue.name,
+                retry=False,
+            )
+            count += 1
+        self._wait_for_confirms()
+        return count
+
+    def _template(self) -> tuple[dict[str, Any], Any]:
+        """Celery's headers and embed for a job message, built once."""
+        if self._headers is None:
+            message = self._app.amqp.as_task_v2("template", TASK_NAME, args=(), kwargs={}, ignore_result=True)
+            self._headers = dict(message.headers)
+            self._embed = message.body[2]
+        return self._headers, self._embed
+
+    def _open(self) -> kombu.Producer:
+        if self._producer is None:
+            # No confirm_publish here: it would make the channel wait after every message.
+            self._connection = kombu.Connection(self._settings.broker_url)
+            self._channel = self._connection.channel()
+            self._channel.confirm_select()
+            self._channel.events["basic_ack"].add(self._on_ack)
+            self._channel.events["basic_nack"].add(self._on_nack)
+            # Confirms number every publish on the channel: count them where they are made.
+            publish = self._channel.basic_publish
+
+            def counted(*args: Any, **kwargs: Any) -> Any:
+                self._sent += 1
+                self._unconfirmed.add(self._sent)
+                return publish(*args, **kwargs)
+
+            self._channel.basic_publish = counted
+            self._queue(self._channel).declare()
+            self._producer = kombu.Producer(self._channel)
+            self._sent = 0
+            self._unconfirmed.clear()
+        return self._producer
+
+    def _settle(self, tag: int, multiple: bool) -> int:
+        settled = {t for t in self._unconfirmed if t <= tag} if multiple else {tag} & self._unconfirmed
+        self._unconfirmed -= settled
+        return len(settled)
+
+    def _on_ack(self, tag: int, multiple: bool) -> None:
+        self._settle(tag, multiple)
+
+    def _on_nack(self, tag: int, multiple: bool) -> None:
+        self._refused += self._settle(tag, multiple)
+
+    def _wait_for_confirms(self) -> None:
+        assert self._connection is not None
+        deadline = time.monotonic() + self._confirm_timeout
+        while self._unconfirmed:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BrokerError(f"{len(self._unconfirmed)} messages not confirmed by the broker in time")
+            try:
+                self._connection.drain_events(timeout=remaining)
+            except TimeoutError:
+                continue
+        if self._refused:
+            refused, self._refused = self._refused, 0
+            raise BrokerError(f"the broker refused {refused} messages")
+
+    def close(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(Exception):  # closing a connection that may already have failed
+                self._connection.close()
+        self._connection = self._channel = self._producer = None
