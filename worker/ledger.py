@@ -244,7 +244,13 @@ _CLAIM = (
 )
 _START_ATTEMPT = (
     jobs.update()
-    .where(jobs.c.id == _bp("p_id"), jobs.c.worker == _bp("p_worker"), jobs.c.state == _bp("p_from"))
+    .where(
+        jobs.c.id == _bp("p_id"),
+        jobs.c.worker == _bp("p_worker"),
+        jobs.c.state == _bp("p_from"),
+        # Only a held job is sent: a settled one (an outcome event may settle it under its holder) never again.
+        jobs.c.state.in_(State.HELD),
+    )
     .values(
         state=State.SENDING,
         attempts=_bp("p_attempt"),

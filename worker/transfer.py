@@ -144,8 +144,9 @@ async def _drive(job: Job, ctx: Context) -> Job | None:
         waiting = await _transition(
             job, ctx, State.RETRY_WAIT, answer, f"retry in {delay:.2f}s after {answer.summary}", resume_at
         )
-        if waiting is None:
-            return None
+        if waiting is None or waiting.state != State.RETRY_WAIT:
+            # Lost, or an outcome event settled the job while this attempt failed: never send it again.
+            return waiting
         job = waiting
         await ctx.sleep(delay)
 
