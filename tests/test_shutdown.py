@@ -71,3 +71,24 @@ async def test_sigterm_to_a_busy_worker_loses_nothing_and_doubles_nothing(
     # Every request any worker sent for a job carried that job's one request id.
     request_ids = {stack.job(job_id).request_id for job_id in job_ids}
     assert {entry.request_id for entry in stack.emulator.state.requests} <= request_ids
+
+
+async def test_sigterm_during_a_retry_back_off_finishes_the_job_before_exiting(
+    make_stack: Callable[[str, str], Any],
+) -> None:
+    # The warm shutdown waits for the job's task, back-off included: the retry goes out, then the worker exits.
+    stack: Stack = await make_stack("rabbitmq", "postgresql")
+    fault = {"kind": "status", "status": 503, "retry_after": 3}
+    await stack.set_faults({"by_call": {"call-backoff": [fault]}})
+    worker = stack.start_worker()
+    job_id = stack.enqueue("call-backoff")
+    await stack.wait_for(lambda: stack.job(job_id).state == State.RETRY_WAIT, "the job to wait out its back-off")
+    started = time.monotonic()
+    code = await asyncio.to_thread(stop, worker, 30, signal.SIGTERM)
+    took = time.monotonic() - started
+    assert code == 0
+    job = stack.job(job_id)
+    assert job.state == State.ACCEPTED, (job.state, job.reason)
+    assert job.attempts == 2
+    assert 1.5 < took < 20, f"the worker exited after {took:.1f}s, not after the 3 s back-off"
+    assert stack.emulator.state.effects.effects_for_call("call-backoff") == 1
