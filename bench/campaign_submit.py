@@ -28,6 +28,7 @@ import kombu
 import psycopg
 
 from worker.broker import TASK_NAME, transfer_queue
+from worker.campaign import op_progress
 from worker.config import Settings
 from worker.ledger import SyncLedger, op_count_by_state
 
@@ -146,6 +147,9 @@ def main() -> None:
         ledger = SyncLedger(settings.ledger_url)
         try:
             written = sum(ledger.run(op_count_by_state, "bench").values())
+            started = time.perf_counter()
+            ledger.run(op_progress, "bench", time.time(), 5.0)  # what `acs-transfer campaign` asks
+            progress_ms = (time.perf_counter() - started) * 1000
         finally:
             ledger.close()
         depth = queue_depth(settings)
@@ -163,6 +167,7 @@ def main() -> None:
         show("plain kombu publish", kombu_seconds, rows, "msgs", "one connection, confirms awaited at the end")
         show("kombu, confirm each", each_seconds, sample, "msgs", f"{sample:,} sent, each confirmed before the next")
         print(f"  {'submit / plain kombu':<28}{kombu_seconds / seconds:7.2f}")
+        print(f"  {'campaign progress query':<28}{progress_ms:7.0f} ms over {rows:,} jobs")
     finally:
         try:
             with kombu.Connection(settings.broker_url) as connection:

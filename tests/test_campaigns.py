@@ -9,17 +9,25 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import kombu
 from click.testing import CliRunner, Result
 from stack import Stack
 
+from worker.broker import TASK_NAME, transfer_queue
+from worker.bulk import BatchPublisher
 from worker.campaign import op_get_campaign, op_progress
+from worker.campaign_files import read_rows
+from worker.campaign_submit import Submitter
+from worker.celery_app import create_app
 from worker.cli import main
 from worker.config import Settings
 from worker.ledger import State, SyncLedger, op_count_by_state
+from worker.publisher import Publisher
 
 CAMPAIGN_CSV = (
     "ticket,callConnectionId,targetParticipant,operationContext,sip.X-MS-Custom-Ticket,voip.team\n"
@@ -174,3 +182,62 @@ def test_an_interrupted_submit_resumes_without_sending_anything_twice(tmp_path: 
     messages = [json.loads(path.read_text()) for path in (settings.broker_folder / "queue").glob("*.msg")]
     ids = [message["headers"]["id"] for message in messages]
     assert len(ids) == len(set(ids)) == total
+
+
+def test_a_broker_failure_leaves_the_jobs_for_the_sweeper(tmp_path: Path) -> None:
+    """Publishing fails: every valid row is still written (the sweeper publishes queued jobs later), the
+    summary says how many wait, and the run does not retry the broken broker batch after batch."""
+    source = tmp_path / "calls.csv"
+    source.write_text("callConnectionId,targetParticipant\n" + "".join(f"c-{i},4:+1425555{i:04d}\n" for i in range(25)))
+    calls: list[int] = []
+
+    def broken(job_ids: Iterable[str]) -> int:
+        calls.append(len(list(job_ids)))
+        raise ConnectionRefusedError("broker down")
+
+    ledger = SyncLedger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    try:
+        summary = Submitter(ledger, broken, "down", batch_size=10).submit(read_rows(source, "csv"))
+        assert ledger.run(op_count_by_state, "down") == {State.QUEUED: 25}
+    finally:
+        ledger.close()
+    assert summary.as_json() == {
+        "read": 25,
+        "valid": 25,
+        "rejected": 0,
+        "already_present": 0,
+        "enqueued": 25,
+        "unpublished": 25,
+    }
+    assert calls == [10]
+
+
+def test_batch_publishing_sends_celerys_own_message(rabbitmq_url: str) -> None:
+    """The batch publisher's messages carry what Celery's send_task would put in them, each job its own id."""
+    settings = Settings(broker_url=rabbitmq_url, queue=f"acs-test-{uuid.uuid4().hex[:10]}")
+    app = create_app(settings)
+    batch = BatchPublisher(app, settings)
+    queue = transfer_queue(settings)
+    try:
+        Publisher(app, settings).publish(["one-by-one"])
+        assert batch.publish([f"job-{i}" for i in range(300)]) == 300
+        assert batch.publish(["job-last"]) == 1  # the connection is kept between batches
+        with kombu.Connection(rabbitmq_url) as connection:
+            bound = queue(connection.default_channel)
+            messages = [bound.get(no_ack=True) for _ in range(302)]
+            assert bound.get(no_ack=True) is None
+    finally:
+        batch.close()
+        with kombu.Connection(rabbitmq_url) as connection:
+            queue(connection.default_channel).delete()
+    reference, *ours = messages
+    assert [m.headers["id"] for m in ours] == [f"job-{i}" for i in range(300)] + ["job-last"]
+    for message in ours:
+        assert set(message.headers) == set(reference.headers)
+        assert message.headers["task"] == TASK_NAME
+        assert message.headers["root_id"] == message.headers["id"]
+        assert message.properties["correlation_id"] == message.headers["id"]
+        assert message.properties["delivery_mode"] == 2
+        assert message.content_type == reference.content_type == "application/json"
+        args, kwargs, _ = json.loads(message.body)
+        assert (args, kwargs) == ([], {"job_id": message.headers["id"]})

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import queue
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,19 +116,28 @@ class Submitter:
         self.summary = Summary()
 
     def submit(self, rows: Iterable[Row]) -> Summary:
-        batch: list[tuple[Row, NewJob]] = []
-        for row in rows:
-            if self.stopping:
-                break
-            self.summary.read += 1
-            job = self._job(row)
-            if job is None:
-                continue
-            batch.append((row, job))
-            if len(batch) >= self._batch_size:
-                self._flush(batch)
-                batch = []
-        self._flush(batch)
+        # Batch N is published on a thread of its own while batch N+1 is read, validated and written: the two
+        # mostly wait on different servers. At most two batches wait for it, so memory stays bounded.
+        outbox: queue.Queue[list[str] | None] = queue.Queue(maxsize=2)
+        publisher = threading.Thread(target=self._publish_from, args=(outbox,), name="campaign-publish", daemon=True)
+        publisher.start()
+        try:
+            batch: list[tuple[Row, NewJob]] = []
+            for row in rows:
+                if self.stopping:
+                    break
+                self.summary.read += 1
+                job = self._job(row)
+                if job is None:
+                    continue
+                batch.append((row, job))
+                if len(batch) >= self._batch_size:
+                    outbox.put(self._flush(batch))
+                    batch = []
+            outbox.put(self._flush(batch))
+        finally:
+            outbox.put(None)
+            publisher.join()
         return self.summary
 
     def _job(self, row: Row) -> NewJob | None:
@@ -156,9 +167,10 @@ class Submitter:
         rule = f"the key {row.key!r} already names a different transfer in this campaign"
         self._reject(row, [Issue(field_name, rule)])
 
-    def _flush(self, batch: list[tuple[Row, NewJob]]) -> None:
+    def _flush(self, batch: list[tuple[Row, NewJob]]) -> list[str]:
+        """Write a batch to the ledger; the ids of the jobs it created."""
         if not batch:
-            return
+            return []
         # Within one batch the first row of a key wins; a later one is the same job or a conflicting one.
         first: dict[str, tuple[Row, NewJob]] = {}
         repeats: list[tuple[Row, NewJob]] = []
@@ -191,7 +203,7 @@ class Submitter:
                 self._conflict(row)
         self.summary.enqueued += len(created_ids)
         self.summary.valid = self.summary.enqueued + self.summary.already_present
-        self._publish_new(created_ids)
+        return created_ids
 
     def _create_one(self, job: NewJob) -> bool | None:
         try:
@@ -200,16 +212,17 @@ class Submitter:
             return None
         return created
 
-    def _publish_new(self, job_ids: list[str]) -> None:
-        if not job_ids:
-            return
-        if self._publishing:
-            try:
-                self._publish(job_ids)
-                return
-            except Exception as error:
-                # The jobs exist; the sweeper publishes them. Stop trying for this run rather than stall on
-                # every batch.
-                self._publishing = False
-                log.warning("campaign.publish_deferred", error=f"{type(error).__name__}: {error}")
-        self.summary.unpublished += len(job_ids)
+    def _publish_from(self, outbox: queue.Queue[list[str] | None]) -> None:
+        while (job_ids := outbox.get()) is not None:
+            if not job_ids:
+                continue
+            if self._publishing:
+                try:
+                    self._publish(job_ids)
+                    continue
+                except Exception as error:
+                    # The jobs exist; the sweeper publishes them. Stop trying for this run rather than stall on
+                    # every batch.
+                    self._publishing = False
+                    log.warning("campaign.publish_deferred", error=f"{type(error).__name__}: {error}")
+            self.summary.unpublished += len(job_ids)
