@@ -56,7 +56,8 @@ def submit(
     batch_size: int,
 ) -> None:
     """Enqueue every valid row of a CSV or JSONL FILE as a job of a campaign; re-running it adds only what is
-    missing. Exits 0 when all rows were valid, 1 when some were rejected, 2 when the file cannot be read."""
+    missing. Exits 0 when all rows were valid, 1 when some were rejected, 2 when the file cannot be read, 130
+    when interrupted (the first Ctrl-C finishes the batch in hand)."""
     from worker.bulk import BatchPublisher  # noqa: PLC0415 - keeps the other commands light
     from worker.celery_app import create_app  # noqa: PLC0415
 
