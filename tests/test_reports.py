@@ -21,7 +21,8 @@ async def test_report_has_every_job_with_its_outcome(make_stack: Callable[..., A
     failure = {"code": 486, "subCode": 8522, "message": "Target busy"}
     await stack.set_faults(
         {
-            "callbacks": {"fail_calls": ["rep-busy"], "failure": failure},
+            # Events come after the 202 is recorded, so every accepted job has its accepted time too.
+            "callbacks": {"fail_calls": ["rep-busy"], "failure": failure, "delay_ms": 300},
             "by_call": {
                 "rep-gone": [{"kind": "status", "status": 404, "stage": "answer"}],
                 "rep-retry": [{"kind": "status", "status": 503, "stage": "before"}],
