@@ -175,12 +175,14 @@ async def test_two_workers_sharing_a_redis_limit_stay_within_it_together(
         republish_after=60.0,
         claim_lease=10.0,
     )
-    stack.start_worker()
-    stack.start_worker()
     job_ids = [stack.enqueue(f"call-rate-{index}") for index in range(count)]
-    for job_id in job_ids:
-        job = await stack.settled(job_id)
-        assert job.state == State.ACCEPTED, job.reason
+    stack.start_worker()
+    stack.start_worker()
+    # Wait on the emulator's own record only: a ledger query here would block the event loop the emulator
+    # runs on, and requests arriving meanwhile would be stamped late, all at once.
+    await stack.wait_for(lambda: len(stack.emulator.state.requests) >= count, "every request", timeout=60)
+    await asyncio.sleep(0.5)
+    assert [stack.job(job_id).state for job_id in job_ids] == [State.ACCEPTED] * count
     requests = list(stack.emulator.state.requests)
     repeated = sorted({e.call_connection_id for e in requests if len(stack.requests_for(e.call_connection_id)) > 1})
     assert len(requests) == count, [(call, [e.status for e in stack.requests_for(call)]) for call in repeated]
