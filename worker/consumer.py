@@ -3,10 +3,14 @@ messages in the ledger before acknowledging them, so a poison message is explain
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from celery.exceptions import InvalidTaskError
 from celery.worker.consumer import Consumer
+from kombu.exceptions import ContentDisallowed, DecodeError
 
+from worker.broker import TASK_NAME, broker_kind
 from worker.logs import get_logger
 from worker.messages import record_dead_message
 from worker.runtime import get_runtime
@@ -16,16 +20,62 @@ log = get_logger(__name__)
 
 def _record(message: Any, reason: str) -> None:
     try:
-        headers = getattr(message, "headers", None) or {}
+        headers = getattr(message, "headers", None)
+        message_id = headers.get("id") if isinstance(headers, dict) else None
         body = getattr(message, "body", b"")
         payload = body.decode(errors="replace") if isinstance(body, bytes) else repr(body)
         runtime = get_runtime()
-        runtime.run(record_dead_message(runtime.context, headers.get("id"), reason, payload[:100_000]))
+        # The id header is whatever the producer sent: record it as text, whatever its type.
+        shown_id = None if message_id is None else message_id if isinstance(message_id, str) else repr(message_id)
+        runtime.run(record_dead_message(runtime.context, shown_id, reason, payload[:100_000]))
     except Exception as error:
         log.error("message.dead_not_recorded", reason=reason, error=f"{type(error).__name__}: {error}")
 
 
 class RecordingConsumer(Consumer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if broker_kind(str(self.app.conf.broker_url)) == "redis":
+            # After Redis restarts, kombu's Redis channel acks or restores messages through a connection that is
+            # gone and raises AttributeError (no connection parameters left). Celery treats that as fatal and
+            # the worker process exits; it is a lost connection, so reconnect instead. The messages involved
+            # died with the server, and the sweeper re-publishes their jobs.
+            consumer: Any = self  # celery-types does not describe connection_errors
+            consumer.connection_errors = (*consumer.connection_errors, AttributeError)
+
+    def update_strategies(self) -> None:
+        super().update_strategies()
+        strategies: Any = getattr(self, "strategies")  # noqa: B009 - not in celery-types
+        for name in list(strategies):
+            if name == TASK_NAME:
+                strategies[name] = self._guarded(strategies[name])
+            else:
+                # Celery's built-in tasks (celery.chord_unlock, celery.map, ...) are not ours to run for any
+                # producer: a message naming one is an unknown task, recorded like any other.
+                del strategies[name]
+
+    def _guarded(self, strategy: Callable[..., Any]) -> Callable[..., Any]:
+        """Celery builds a task request from the message in the consumer itself: a task message whose body is
+        not ``[args, kwargs, embed]`` (``[1]``, ``"text"``) raised out of the consumer, killing the worker
+        process, and the unacknowledged message killed the next worker too. It is an invalid task message."""
+
+        def run(message: Any, body: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return strategy(message, body, *args, **kwargs)
+            except (InvalidTaskError, ContentDisallowed, DecodeError):
+                raise  # Celery's own handling records these through the hooks below
+            except Exception as error:
+                return self.on_invalid_task(body, message, InvalidTaskError(f"{type(error).__name__}: {error}"))
+
+        return run
+
+    def on_connection_error_after_connected(self, exc: Exception) -> None:
+        try:
+            super().on_connection_error_after_connected(exc)
+        except AttributeError as error:
+            # The same kombu failure while closing the dead connection (giving back unacknowledged messages).
+            log.warning("broker.close_failed", error=f"{type(error).__name__}: {error}", cause=repr(exc))
+
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         _record(message, f"cannot decode message ({message.content_type}): {exc}")
         super().on_decode_error(message, exc)

@@ -22,32 +22,51 @@ from worker.transfer import Context, send_job
 
 log = get_logger(__name__)
 _KNOWN = {"job_id", "request", "idempotency_key", "campaign"}
-_MAX_KEY = 512
+# The ledger's column sizes: a longer value would fail the insert on PostgreSQL, every time the message came back.
+_LIMITS = {"job_id": 64, "idempotency_key": 512, "campaign": 200}
+_MAX_MESSAGE_ID = 200
+_MAX_REASON = 2000
+_MAX_PAYLOAD = 100_000
 
 
 class BadMessage(ValueError):
     """The message cannot become a job."""
 
 
+def storable(text: str, limit: int) -> str:
+    """`text` as any ledger can store it: lone surrogates and NUL (which PostgreSQL refuses) escaped, cut to
+    `limit` characters, so recording a poison message can never fail because of what the message holds."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")[:limit]
+
+
+def _is_plain(text: str) -> bool:
+    return not any(ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 or 0xD800 <= ord(ch) < 0xE000 for ch in text)
+
+
 async def record_dead_message(ctx: Context, message_id: str | None, reason: str, payload: object) -> None:
-    text = payload if isinstance(payload, str) else json.dumps(payload, default=repr)[:100_000]
-    await ctx.ledger.run(op_record_dead_message, message_id, reason, text, ctx.clock())
+    text = payload if isinstance(payload, str) else json.dumps(payload, default=repr)
+    message_id = None if message_id is None else storable(message_id, _MAX_MESSAGE_ID)
+    reason = storable(reason, _MAX_REASON)
+    await ctx.ledger.run(op_record_dead_message, message_id, reason, storable(text, _MAX_PAYLOAD), ctx.clock())
     log.error("message.dead", message_id=message_id, reason=reason)
 
 
 def _job_from_kwargs(task_id: str, kwargs: Mapping[str, Any]) -> tuple[str, Any]:
     unknown = sorted(set(kwargs) - _KNOWN)
     if unknown:
-        raise BadMessage(f"unknown message fields: {', '.join(unknown)}")
-    job_id = kwargs.get("job_id")
-    if job_id is not None and (not isinstance(job_id, str) or not job_id or len(job_id) > 64):
-        raise BadMessage("job_id must be a non-empty string of at most 64 characters")
-    for name in ("idempotency_key", "campaign"):
+        raise BadMessage(f"unknown message fields: {', '.join(map(repr, unknown))}")
+    for name, limit in _LIMITS.items():
         value = kwargs.get(name)
-        if value is not None and (not isinstance(value, str) or not value.strip() or len(value) > _MAX_KEY):
-            raise BadMessage(f"{name} must be a non-empty string of at most {_MAX_KEY} characters")
+        if value is not None and (
+            not isinstance(value, str) or not value.strip() or len(value) > limit or not _is_plain(value)
+        ):
+            raise BadMessage(f"{name} must be a non-empty string of at most {limit} printable characters")
+    job_id = kwargs.get("job_id")
     if job_id is None and "request" not in kwargs:
         raise BadMessage("message carries neither job_id nor request")
+    if job_id is None and (not task_id or len(task_id) > _LIMITS["job_id"] or not _is_plain(task_id)):
+        # The task id becomes the job's id: it must fit the ledger as a job_id would.
+        raise BadMessage(f"the message's task id must be 1 to {_LIMITS['job_id']} printable characters")
     return job_id or task_id, kwargs.get("request")
 
 
@@ -73,4 +92,8 @@ async def handle_message(ctx: Context, task_id: str, args: tuple[Any, ...], kwar
     except (BadMessage, ValidationError, IdempotencyConflict) as error:
         await record_dead_message(ctx, task_id, str(error), {"args": list(args), "kwargs": dict(kwargs)})
         return None
-    return await send_job(job_id, ctx)
+    sent = await send_job(job_id, ctx)
+    if sent is None and request is None and await ctx.ledger.get(job_id) is None:
+        # A message for a job this ledger never had (another deployment's queue, a lost ledger): explain it.
+        await record_dead_message(ctx, task_id, f"no job {job_id!r} in the ledger", {"kwargs": dict(kwargs)})
+    return sent

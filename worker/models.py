@@ -195,9 +195,10 @@ def _identifier(data: Mapping[Any, Any], name: str, issues: list[Issue], require
 
 def _optional_string(data: Mapping[Any, Any], name: str, issues: list[Issue]) -> str | None:
     value = data.get(name)
-    if value is None or (isinstance(value, str) and not _has_lone_surrogates(value)):
+    # NUL is refused too: the ledger keeps this value, and PostgreSQL cannot store NUL in text.
+    if value is None or (isinstance(value, str) and not _has_lone_surrogates(value) and "\x00" not in value):
         return value
-    issues.append(Issue(name, "must be a string encodable as UTF-8 (no lone surrogates)"))
+    issues.append(Issue(name, "must be a string encodable as UTF-8 (no lone surrogates, no NUL characters)"))
     return None
 
 

@@ -10,9 +10,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from celery import Celery
+from kombu.exceptions import ChannelError
 from kombu.exceptions import OperationalError as BrokerError
 
-from worker.broker import TASK_NAME, transfer_queue
+from worker.broker import TASK_NAME, broker_kind, transfer_queue
 from worker.config import Settings
 from worker.logs import get_logger
 
@@ -25,6 +26,7 @@ class Publisher:
     def __init__(self, app: Celery, settings: Settings) -> None:
         self._app = app
         self._queue = transfer_queue(settings)
+        self._kind = broker_kind(settings.broker_url)
 
     def publish(self, job_ids: Iterable[str]) -> int:
         count = 0
@@ -63,6 +65,13 @@ class Publisher:
                 )
                 return int(declared.message_count)
         except BrokerError:
+            return None
+        except ChannelError as error:
+            if self._kind == "redis":
+                # Redis keeps a queue as a list and drops an empty list, so a passive declare of an empty queue
+                # says "no queue": that is zero messages waiting (and the sweeper may re-publish lost ones).
+                return 0
+            log.debug("broker.queue_depth_unknown", error=str(error))
             return None
         except Exception as error:
             log.debug("broker.queue_depth_unknown", error=str(error))
