@@ -58,6 +58,11 @@ class TransferEvent:
     payload: str
 
 
+def _storable(text: str) -> bool:
+    """Whether the ledger can keep `text`: PostgreSQL refuses NUL, and a lone surrogate has no UTF-8 form."""
+    return "\x00" not in text and not any(0xD800 <= ord(ch) < 0xE000 for ch in text)
+
+
 def parse_event(event: object) -> TransferEvent | str:
     """A transfer event, or why this event is not one we act on."""
     if not isinstance(event, Mapping):
@@ -66,12 +71,17 @@ def parse_event(event: object) -> TransferEvent | str:
     if not isinstance(event_id, str) or not event_id or len(event_id) > 200 or not isinstance(event_type, str):
         return "missing id or type"
     if event_type not in TRANSFER_OUTCOMES:
-        return f"not a transfer outcome ({event_type[:100]})"
+        return f"not a transfer outcome ({event_type[:100]!r})"
     if not isinstance(data, Mapping) or not isinstance(data.get("callConnectionId"), str):
         return "data.callConnectionId is missing"
     result = data.get("resultInformation")
     result = result if isinstance(result, Mapping) else {}
     context = data.get("operationContext")
+    texts = [event_id, data["callConnectionId"], context if isinstance(context, str) else ""]
+    if not all(_storable(text) for text in texts):
+        # No job of ours has such an id, call or context (they are validated), and the ledger cannot store it.
+        return "id, callConnectionId or operationContext holds NUL or unpaired surrogates"
+    message = str(result["message"])[:2000] if result.get("message") is not None else None
     return TransferEvent(
         id=event_id,
         type=event_type,
@@ -81,7 +91,9 @@ def parse_event(event: object) -> TransferEvent | str:
             state=TRANSFER_OUTCOMES[event_type],
             code=_integer(result.get("code")),
             subcode=_integer(result.get("subCode")),
-            message=str(result["message"])[:2000] if result.get("message") is not None else None,
+            message=None
+            if message is None
+            else message.encode("utf-8", "backslashreplace").decode().replace("\x00", ""),
         ),
         payload=json.dumps(event)[:100_000],
     )
@@ -96,7 +108,9 @@ def op_receive(
 ) -> tuple[str, Job | None]:
     """Dedupe, correlate and apply one event in one transaction: (what happened, the job if any)."""
     job_id = path_job_id
-    if job_id is not None:
+    if job_id is not None and (len(job_id) > 64 or not _storable(job_id)):
+        job_id = None  # no job has such an id (the ledger could not even look it up)
+    elif job_id is not None:
         job = op_get(connection, job_id)
         if job is None or job.call_connection_id != event.call_connection_id:
             job_id = None  # a URI naming another job (or none): correlate nothing rather than the wrong job
@@ -124,7 +138,7 @@ async def receive(request: web.Request, ledger: Ledger, verifier: TokenVerifier 
             return web.json_response({"error": {"code": "Unauthorized", "message": str(error)}}, status=401)
     try:
         document = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deeply to decode
         return web.json_response({"error": {"code": "BadRequest", "message": "body is not JSON"}}, status=400)
     events = document if isinstance(document, list) else [document]
     path_job_id = request.match_info.get("job_id")

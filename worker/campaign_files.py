@@ -251,6 +251,10 @@ def _jsonl_rows(lines: _Lines, key_column: str | None) -> Iterator[Row]:
         except json.JSONDecodeError as error:
             yield Row(line, raw, issues=(Issue("(line)", f"is not valid JSON: {error.msg} at column {error.colno}"),))
             continue
+        except RecursionError:
+            # Python's decoder recurses once per nesting level: a line of "[[[[..." exhausts the stack.
+            yield Row(line, raw, issues=(Issue("(line)", "is not a transfer: JSON nested too deeply"),))
+            continue
         if not isinstance(data, dict):
             yield Row(line, raw, issues=(Issue("(line)", f"must be a JSON object, not {type(data).__name__}"),))
             continue
