@@ -23,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from worker.campaign import op_progress
+from worker.campaign import check_name, op_progress
 from worker.config import Settings
 from worker.errors import IdempotencyConflict, Issue, ValidationError
 from worker.ledger import Job, Ledger, NewJob, op_create_jobs, op_events, op_get
@@ -63,12 +63,16 @@ def _authorised(tokens: tuple[str, ...], handler: Handler) -> Handler:
     return check
 
 
+def _storable(text: str) -> bool:
+    return "\x00" not in text and not any(0xD800 <= ord(ch) < 0xE000 for ch in text)
+
+
 async def _json_body(request: web.Request) -> Any:
     try:
         return json.loads(await request.read())
     except web.HTTPRequestEntityTooLarge:
         raise
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deeply to decode
         raise web.HTTPBadRequest(
             text=json.dumps({"error": {"code": "BadRequest", "message": "body is not valid JSON"}}),
             content_type="application/json",
@@ -88,8 +92,19 @@ class Intake:
         self.publisher = publisher
 
     def _new_job(self, item: Any, key: str | None, campaign: str | None, where: str) -> NewJob:
-        if key is not None and (not key.strip() or len(key) > MAX_KEY_LENGTH):
-            raise ValidationError([Issue("Idempotency-Key", f"must be 1 to {MAX_KEY_LENGTH} characters")], where)
+        # Keys and campaign names are stored as given: what the ledger cannot store (NUL, an unpaired surrogate,
+        # a name longer than its column) is refused here rather than failing the insert with a 500.
+        if key is not None and (not key.strip() or len(key) > MAX_KEY_LENGTH or not _storable(key)):
+            raise ValidationError(
+                [Issue("Idempotency-Key", f"must be 1 to {MAX_KEY_LENGTH} characters, without NUL")], where
+            )
+        if campaign is not None:
+            try:
+                check_name(campaign)
+                if not _storable(campaign):
+                    raise ValueError("a campaign name must be valid UTF-8")
+            except ValueError as problem:
+                raise ValidationError([Issue("campaign", str(problem))], where) from None
         request = parse_transfer(item, where=where)
         return prepare_job(
             request, idempotency_key=key, campaign=campaign, callback_base_url=self.settings.callback_base_url
