@@ -57,11 +57,13 @@ if str(ROOT / "tests") not in sys.path:
     sys.path.insert(0, str(ROOT / "tests"))  # the private service instances live with the tests
 
 import sqlalchemy as sa  # noqa: E402
+import structlog  # noqa: E402
 from services import PrivatePostgres, PrivateRabbitMQ, PrivateRedis  # noqa: E402
 
 from worker.config import Settings  # noqa: E402
 from worker.emulator.config import DEFAULT_RESOURCE_ID  # noqa: E402
 from worker.ledger import State, SyncLedger, jobs, op_count_by_state  # noqa: E402
+from worker.logs import configure  # noqa: E402
 from worker.processes import child_env, free_port, kill, spawn_emulator, spawn_worker, stop, wait_for_http  # noqa: E402
 from worker.producer import Producer  # noqa: E402
 
@@ -273,10 +275,9 @@ def schedule(config: ChaosConfig, rng: random.Random) -> list[_Event]:
 class _Cluster:
     """The processes of one run, started in order and always taken down, whatever happened."""
 
-    def __init__(self, config: ChaosConfig, folder: Path, say: Callable[[str], None]) -> None:
+    def __init__(self, config: ChaosConfig, folder: Path) -> None:
         self.config = config
         self.folder = folder
-        self.say = say
         self.broker: PrivateRabbitMQ | PrivateRedis | None = None
         self.postgres: PrivatePostgres | None = None
         self.emulator: subprocess.Popen[bytes] | None = None
@@ -460,7 +461,10 @@ def run_chaos(config: ChaosConfig, out: Callable[[str], None] = print) -> ChaosR
         f"chaos: {config.jobs} jobs on {config.broker}, {config.workers} workers, seed {config.seed}; "
         f"logs in {folder}; plan: " + ", ".join(f"{e.kind}@{e.at:.0f}s" for e in events)
     )
-    cluster = _Cluster(config, folder, say)
+    cluster = _Cluster(config, folder)
+    # The producer's own log lines (e.g. publishes deferred while the broker is down) go with the other logs.
+    producer_log = (folder / "producer.log").open("a")
+    configure("INFO", "json", stream=producer_log)
     producer: Producer | None = None
     feeder: _Feeder | None = None
     restarts: list[tuple[float, int]] = []  # (when, how many) workers to start again
@@ -525,6 +529,8 @@ def run_chaos(config: ChaosConfig, out: Callable[[str], None] = print) -> ChaosR
             with contextlib.suppress(Exception):
                 producer.close()
         cluster.close()
+        structlog.reset_defaults()
+        producer_log.close()
         result.elapsed = time.monotonic() - started
     (folder / "timeline.txt").write_text("\n".join(result.timeline) + "\n")
     (folder / "result.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")

@@ -6,6 +6,7 @@ long runs). Plus the regressions those runs found, each pinned by a small determ
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -171,3 +172,17 @@ async def test_a_queued_job_whose_message_was_lost_is_published_again(
     done = await stack.settled(job.id, timeout=60)
     assert done.state == State.ACCEPTED, done.reason
     assert stack.emulator.state.effects.effects_for_call("call-lost-message") == 1
+
+
+def test_every_test_docs_reliability_names_exists() -> None:
+    """The failure matrix in docs/reliability.md names real tests; a renamed or removed one fails here."""
+    root = Path(__file__).resolve().parent.parent
+    text = (root / "docs" / "reliability.md").read_text()
+    named = re.findall(r"(tests/[\w/]+\.py)((?:::\w+)?)", text)
+    # "`::name`" right after a full reference names another test of the same file.
+    named += [(file, f"::{name}") for file, name in re.findall(r"(tests/\w+\.py)::\w+(?:\[\w+\])?`, `::(\w+)", text)]
+    assert len(named) > 30
+    for file, test in named:
+        source = (root / file).read_text()
+        if test:
+            assert re.search(rf"^(async )?def {test[2:]}\(", source, re.MULTILINE), f"{file}{test} does not exist"
