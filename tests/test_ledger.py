@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import uuid
 
 import pytest
 from sqlalchemy.engine import Connection
 
-from worker.errors import IdempotencyConflict, JobNotFound
+from worker.errors import IdempotencyConflict, JobNotFound, LedgerSchemaError
 from worker.ledger import (
     Ledger,
     NewJob,
@@ -176,3 +177,12 @@ async def test_named_lease_has_one_holder(ledger_url: str) -> None:
     assert await ledger.run(op_take_lease, "sweeper", "a", 6.0, 16.0)  # renewal
     assert await ledger.run(op_take_lease, "sweeper", "b", 17.0, 27.0)  # expired: taken over
     await ledger.close()
+
+
+def test_a_ledger_from_an_older_release_is_named_as_such(sqlite_url: str) -> None:
+    path = sqlite_url.removeprefix("sqlite:///")
+    old = sqlite3.connect(path)
+    old.execute("CREATE TABLE jobs (id VARCHAR(64) PRIMARY KEY, state VARCHAR(20))")
+    old.close()
+    with pytest.raises(LedgerSchemaError, match=r"jobs table lacks .*request_id"):
+        SyncLedger(sqlite_url)

@@ -22,6 +22,7 @@ import pytest
 from stack import Stack
 
 from worker.acs import AcsClient
+from worker.campaign import op_save_campaign
 from worker.config import Settings
 from worker.emulator import Emulator, EmulatorConfig, start_emulator
 from worker.ledger import Job, Ledger, State, SyncLedger
@@ -68,7 +69,15 @@ async def open_context(settings: Settings) -> AsyncIterator[Callable[[Pacer, Set
     await ledger.close()
 
 
-def rates(table: dict[str, float]) -> Callable[[str], Any]:
+def rates(settings: Settings, table: dict[str, float]) -> Callable[[str], Any]:
+    """Campaign rates as `submit --rate` stores them (the worker's claim reads them too), and their lookup."""
+    ledger = SyncLedger(settings.ledger_url)
+    try:
+        for name, rate in table.items():
+            ledger.run(op_save_campaign, name, rate, None, time.time())
+    finally:
+        ledger.close()
+
     async def lookup(name: str) -> float | None:
         return table.get(name)
 
@@ -97,7 +106,7 @@ def requests_for(emulator: Emulator, call: str) -> list[Any]:
 async def test_a_first_attempt_waits_for_its_token_before_first_sent_is_fixed(
     emulator: Emulator, settings: Settings, open_context: Callable[[Pacer], Context]
 ) -> None:
-    context = open_context(Pacer(LocalBuckets(), None, rates({"slow": 1.0})))
+    context = open_context(Pacer(LocalBuckets(), None, rates(settings, {"slow": 1.0})))
     jobs = [create_job(settings, f"call-paced-{index}", campaign="slow") for index in range(3)]
     done = await asyncio.gather(*(send_job(job.id, context) for job in jobs))
     assert [job.state if job else None for job in done] == [State.ACCEPTED] * 3
@@ -118,7 +127,7 @@ async def test_a_retry_that_gets_no_token_inside_the_window_is_not_sent(
     emulator: Emulator, settings: Settings, open_context: Callable[[Pacer, Settings], Context]
 ) -> None:
     narrow = replace(settings, repeatability_window=6.0, window_safety_margin=2.0)  # attempts start within 4 s
-    context = open_context(Pacer(LocalBuckets(), None, rates({"c": 0.2})), narrow)  # a token every 5 s
+    context = open_context(Pacer(LocalBuckets(), None, rates(settings, {"c": 0.2})), narrow)  # a token every 5 s
     await set_faults(emulator, {"by_call": {"call-late": [{"kind": "status", "status": 503, "stage": "before"}]}})
     job = create_job(settings, "call-late", campaign="c")
     started = time.monotonic()
@@ -133,7 +142,7 @@ async def test_a_retry_that_gets_no_token_inside_the_window_is_not_sent(
 async def test_a_429_holds_the_global_bucket_back(
     emulator: Emulator, settings: Settings, open_context: Callable[[Pacer], Context]
 ) -> None:
-    context = open_context(Pacer(LocalBuckets(), Limit("global", rate=50, burst=5), rates({})))
+    context = open_context(Pacer(LocalBuckets(), Limit("global", rate=50, burst=5), rates(settings, {})))
     fault = {"kind": "status", "status": 429, "stage": "before", "retry_after": 1.0}
     await set_faults(emulator, {"by_call": {"call-throttled": [fault]}})
     first = asyncio.ensure_future(send_job(create_job(settings, "call-throttled").id, context))

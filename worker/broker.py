@@ -79,7 +79,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_consumer": "worker.consumer:RecordingConsumer",
         # The file-backed transport has no broadcast worth polling for; remote control needs a real broker.
         "worker_enable_remote_control": not embedded,
-        # Task events let Flower show every task; they cost a few messages per task (TASK_EVENTS=false drops them).
+        # Task events let Flower show every task, at a price: three more messages per task, each waiting for the
+        # broker's confirm under the event dispatcher's lock, from every pool thread. Off unless asked for.
         "worker_send_task_events": settings.task_events and not embedded,
         "task_send_sent_event": settings.task_events and not embedded,
         "task_default_queue": settings.queue,

@@ -110,7 +110,7 @@ class Settings:
     rate_limit_redis_url: str | None = None
     # Operations
     worker_metrics_port: int = 0
-    task_events: bool = True
+    task_events: bool = False
 
     def __post_init__(self) -> None:
         if not self.broker_url:

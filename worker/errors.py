@@ -5,6 +5,7 @@
     ├── ValidationError           a transfer request breaks a rule (names each field and rule)
     ├── IdempotencyConflict       an idempotency key was reused for a different request
     ├── JobNotFound               no job has that id
+    ├── LedgerSchemaError         the ledger database was made by an older release (names the missing columns)
     ├── ReplayRefused             a job that is not failed or dead (or was replayed already) cannot be replayed
     └── CallbackRejected          an outcome event's request is unauthenticated or malformed
 
@@ -64,3 +65,7 @@ class ReplayRefused(TransferError):
 
 class CallbackRejected(TransferError):
     """An outcome event request is not authentic (bad, expired or missing token) or not readable."""
+
+
+class LedgerSchemaError(TransferError):
+    """The ledger database lacks tables or columns this release needs."""

@@ -26,7 +26,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from worker.errors import IdempotencyConflict, JobNotFound, ReplayRefused
+from worker.errors import IdempotencyConflict, JobNotFound, LedgerSchemaError, ReplayRefused
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -230,15 +230,31 @@ _bp = sa.bindparam
 _INSERT_EVENT = job_events.insert()
 _SELECT_JOB = sa.select(jobs).where(jobs.c.id == _bp("p_id"))
 _SELECT_STATE = sa.select(jobs.c.state).where(jobs.c.id == _bp("p_id"))
-_CLAIM = (
+_CLAIM_QUEUED = (
     jobs.update()
-    .where(
-        jobs.c.id == _bp("p_id"),
-        sa.or_(
-            jobs.c.state == State.QUEUED,
-            sa.and_(jobs.c.state.in_(State.HELD), jobs.c.lease_until < _bp("p_now")),
-        ),
+    .where(jobs.c.id == _bp("p_id"), jobs.c.state == State.QUEUED)
+    .values(state=State.SENDING, worker=_bp("p_worker"), lease_until=_bp("p_lease"), updated_at=_bp("p_now"))
+    .returning(*jobs.c)
+)
+# A queued job's first attempt starts with its claim (First-Sent committed with it, before the request) unless
+# its campaign is paced: a paced job must get its token before First-Sent is fixed.
+_PACED_CAMPAIGN = sa.exists().where(campaigns.c.name == jobs.c.campaign, campaigns.c.rate > 0)
+_CLAIM_QUEUED_AND_START = (
+    jobs.update()
+    .where(jobs.c.id == _bp("p_id"), jobs.c.state == State.QUEUED, ~_PACED_CAMPAIGN)
+    .values(
+        state=State.SENDING,
+        worker=_bp("p_worker"),
+        lease_until=_bp("p_lease"),
+        updated_at=_bp("p_now"),
+        attempts=1,
+        first_sent=_bp("p_first_sent", type_=sa.BigInteger),
     )
+    .returning(*jobs.c)
+)
+_CLAIM_ORPHAN = (
+    jobs.update()
+    .where(jobs.c.id == _bp("p_id"), jobs.c.state.in_(State.HELD), jobs.c.lease_until < _bp("p_now"))
     .values(state=State.SENDING, worker=_bp("p_worker"), lease_until=_bp("p_lease"), updated_at=_bp("p_now"))
     .returning(*jobs.c)
 )
@@ -384,18 +400,32 @@ def op_events(connection: Connection, job_id: str) -> list[Event]:
 
 
 def op_claim(
-    connection: Connection, job_id: str, worker: str, now: float, lease_until: float
+    connection: Connection,
+    job_id: str,
+    worker: str,
+    now: float,
+    lease_until: float,
+    first_sent: int | None = None,
 ) -> tuple[Job, str] | None:
     """Take the job if it is queued or its holder's lease ran out: (job, its state before), or None if another
-    worker holds it, it is settled, or it does not exist."""
-    before = connection.execute(_SELECT_STATE, {"p_id": job_id}).scalar()
-    params = {"p_id": job_id, "p_worker": worker, "p_now": now, "p_lease": lease_until}
-    row = connection.execute(_CLAIM, params).first()
+    worker holds it, it is settled, or it does not exist. With `first_sent`, a queued job of no paced campaign
+    starts its first attempt in the same write (attempts 1, First-Sent fixed)."""
+    params = {"p_id": job_id, "p_worker": worker, "p_now": now, "p_lease": lease_until, "p_first_sent": first_sent}
+    row = None if first_sent is None else connection.execute(_CLAIM_QUEUED_AND_START, params).first()
     if row is None:
-        return None
+        row = connection.execute(_CLAIM_QUEUED, params).first()
+    before: str | None = State.QUEUED
+    if row is None:
+        before = connection.execute(_SELECT_STATE, {"p_id": job_id}).scalar()
+        if before not in State.HELD:
+            return None
+        row = connection.execute(_CLAIM_ORPHAN, params).first()
+        if row is None:
+            return None
+    job = Job.from_row(row)
     detail = None if before == State.QUEUED else f"taken over from an expired lease ({before})"
-    _event(connection, job_id, now, before, State.SENDING, detail=detail)
-    return Job.from_row(row), str(before)
+    _event(connection, job_id, now, before, State.SENDING, job.attempts or None, detail=detail)
+    return job, str(before)
 
 
 def op_start_attempt(
@@ -670,6 +700,17 @@ def _create_schema(connection: Connection) -> None:
         # Several processes may start at once; serialise DDL on an advisory lock.
         connection.execute(sa.text("SELECT pg_advisory_xact_lock(7247736865)"))
     metadata.create_all(connection, checkfirst=True)
+    # create_all adds missing tables but never columns: a ledger made by an older release must be named as
+    # such here, not fail later on the first statement that needs a new column.
+    inspector = sa.inspect(connection)
+    for table in metadata.sorted_tables:
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        missing = [column.name for column in table.columns if column.name not in present]
+        if missing:
+            raise LedgerSchemaError(
+                f"the ledger's {table.name} table lacks {', '.join(missing)}: it was created by an older release. "
+                "Point LEDGER_URL at a new database (or add the columns) and start again."
+            )
 
 
 def _ensure_sqlite_folder(url: str) -> None:
@@ -715,24 +756,41 @@ class SyncLedger:
         self._engine.dispose()
 
 
-class Ledger:
-    """The ledger for the worker's event loop; every call is one transaction.
+Call = Callable[[Connection], Any]
 
-    PostgreSQL runs on asyncpg. SQLite runs its synchronous driver on one dedicated thread: SQLite has a
-    single writer anyway, and one thread hop per transaction is far cheaper than aiosqlite's hop per call.
+
+class Ledger:
+    """The ledger for the worker's event loop, with group commit.
+
+    Operations submitted while the loop runs other jobs are gathered and run in ONE transaction (at most
+    `MAX_BATCH`, at most `FLUSHES` transactions at a time), each awaiting its own result: begin, commit and the
+    round trips around them are paid once per batch instead of once per job. Operations never see each other's
+    failures: if any operation in a batch raises (a conflict, a deadlock with another process), the batch is
+    rolled back and each operation runs again alone.
+
+    PostgreSQL runs on asyncpg. SQLite runs its synchronous driver on one dedicated thread: SQLite has a single
+    writer anyway, and one thread hop per transaction is far cheaper than aiosqlite's hop per call.
     """
+
+    MAX_BATCH = 200
+    FLUSHES = 2
 
     def __init__(self, engine: AsyncEngine | None = None, sync: SyncLedger | None = None) -> None:
         self._engine = engine
         self._sync = sync
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger") if sync else None
+        self._pending: list[tuple[Call, asyncio.Future[Any]]] = []
+        self._flushing = 0
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
-    async def open(cls, url: str, pool_size: int = 10) -> Ledger:
+    async def open(cls, url: str, pool_size: int = FLUSHES + 2) -> Ledger:
         _, async_url = _urls(url)
         if sa.make_url(async_url).get_backend_name() == "sqlite":
             return cls(sync=await asyncio.to_thread(SyncLedger, url))
-        engine = create_async_engine(async_url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+        # No pre-ping: it costs three round trips per transaction; a connection that died with the server fails
+        # its batch, is discarded by the pool, and the task retries (worker.tasks).
+        engine = create_async_engine(async_url, pool_size=pool_size, max_overflow=2)
         async with engine.begin() as connection:
             await connection.run_sync(_create_schema)
         return cls(engine=engine)
@@ -742,17 +800,66 @@ class Ledger:
         return f"Ledger({target!r})"
 
     async def run(self, operation: Callable[Concatenate[Connection, P], R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run one operation in a transaction (shared with whatever else is submitted meanwhile)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
+
+        def call(connection: Connection) -> R:
+            return operation(connection, *args, **kwargs)
+
+        self._pending.append((call, future))
+        if len(self._pending) == 1:
+            loop.call_soon(self._start_flush)  # after this tick: operations submitted in it join the batch
+        return await future
+
+    def _start_flush(self) -> None:
+        while self._pending and self._flushing < self.FLUSHES:
+            batch, self._pending = self._pending[: self.MAX_BATCH], self._pending[self.MAX_BATCH :]
+            self._flushing += 1
+            task = asyncio.get_running_loop().create_task(self._flush(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _flush(self, batch: list[tuple[Call, asyncio.Future[Any]]]) -> None:
+        calls = [call for call, _ in batch]
+        try:
+            outcomes = await self._transaction(calls)
+        except Exception:
+            outcomes = [await self._alone(call) for call in calls]
+        finally:
+            self._flushing -= 1
+            self._start_flush()
+        for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
+            if future.done():
+                continue
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+    async def _alone(self, call: Call) -> tuple[bool, Any]:
+        try:
+            ((_, value),) = await self._transaction([call])
+        except Exception as error:
+            return False, error
+        return True, value
+
+    async def _transaction(self, calls: list[Call]) -> list[tuple[bool, Any]]:
+        def run_all(connection: Connection) -> list[tuple[bool, Any]]:
+            return [(True, call(connection)) for call in calls]
+
         if self._sync is not None:
-            call = functools.partial(self._sync.run, operation, *args, **kwargs)
-            return await asyncio.get_running_loop().run_in_executor(self._thread, call)
+            job = functools.partial(self._sync.run, run_all)
+            return await asyncio.get_running_loop().run_in_executor(self._thread, job)
         assert self._engine is not None
         async with self._engine.begin() as connection:
-            return await connection.run_sync(operation, *args, **kwargs)
+            return await connection.run_sync(run_all)
 
     async def get(self, job_id: str) -> Job | None:
         return await self.run(op_get, job_id)
 
     async def close(self) -> None:
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._engine is not None:
             await self._engine.dispose()
         if self._sync is not None and self._thread is not None:

@@ -204,6 +204,11 @@ class Limiter(Protocol):
     @property
     def enabled(self) -> bool: ...
 
+    @property
+    def paces_every_job(self) -> bool:
+        """A global limit: every attempt needs a token, campaign or not."""
+        ...
+
     async def acquire(self, campaign: str | None, max_wait: float | None, wait: Wait) -> Turn: ...
 
     async def throttled(self, retry_after: float | None) -> None: ...
@@ -215,6 +220,7 @@ class Unlimited:
     """No limit configured: the send logic skips pacing altogether."""
 
     enabled = False
+    paces_every_job = False
 
     async def acquire(self, campaign: str | None, max_wait: float | None, wait: Wait) -> Turn:
         return Turn.GRANTED
@@ -256,6 +262,10 @@ class Pacer:
         self._cache_ttl = cache_ttl
         self._clock = clock
         self._rates: dict[str, tuple[float | None, float]] = {}
+
+    @property
+    def paces_every_job(self) -> bool:
+        return self.global_limit is not None
 
     async def limits_for(self, campaign: str | None) -> list[Limit]:
         """The buckets an attempt takes from, in order."""

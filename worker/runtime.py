@@ -61,7 +61,7 @@ class Runtime:
             self.settings.request_timeout,
             self.settings.max_connections,
         )
-        ledger = await Ledger.open(self.settings.ledger_url, pool_size=min(self.settings.worker_concurrency, 20))
+        ledger = await Ledger.open(self.settings.ledger_url)
         self._context = Context(self.settings, ledger, client, self.worker_id, limiter=self._limiter(ledger))
         if self.settings.worker_metrics_port:
             await self._serve_probes(ledger)

@@ -56,7 +56,11 @@ def backoff_delay(attempt: int, base: float, cap: float, server_hint: float | No
 async def send_job(job_id: str, ctx: Context) -> Job | None:
     """Take the job and drive it to a settled state (or leave it to the worker that holds it)."""
     now = ctx.clock()
-    claimed = await ctx.ledger.run(op_claim, job_id, ctx.worker_id, now, now + ctx.settings.claim_lease)
+    settings = ctx.settings
+    # A queued job that needs no rate-limit token is sent at once: its claim also starts its first attempt.
+    may_start = not ctx.limiter.paces_every_job
+    lease = now + settings.request_timeout + settings.claim_lease
+    claimed = await ctx.ledger.run(op_claim, job_id, ctx.worker_id, now, lease, int(now) if may_start else None)
     if claimed is None:
         current = await ctx.ledger.get(job_id)
         _log_skip(job_id, current, now)
@@ -69,7 +73,7 @@ async def send_job(job_id: str, ctx: Context) -> Job | None:
         log.info("job.transition", from_state=before, to_state=State.SENDING, attempt=job.attempts, detail=detail)
         TRANSITIONS.labels(State.SENDING).inc()
         with IN_FLIGHT.track_inprogress():
-            return await _drive(job, ctx)
+            return await _drive(job, ctx, started=before == State.QUEUED and job.attempts > 0)
 
 
 def _log_skip(job_id: str, job: Job | None, now: float) -> None:
@@ -85,31 +89,21 @@ def _log_skip(job_id: str, job: Job | None, now: float) -> None:
         log.info("job.skipped", job_id=job_id, reason=f"already {job.state}")
 
 
-async def _drive(job: Job, ctx: Context) -> Job | None:
+async def _drive(job: Job, ctx: Context, started: bool) -> Job | None:
+    """Send until a final answer; `started`: the claim already started the first attempt."""
     settings = ctx.settings
     body = job.body.encode()
     while True:
-        if ctx.limiter.enabled:
-            paced = await _take_token(job, ctx)
-            if isinstance(paced, _Stopped):
-                return paced.job
-            job = paced
-        now = ctx.clock()
-        first_sent = job.first_sent if job.first_sent is not None else int(now)
-        deadline = first_sent + settings.send_deadline
-        if now >= deadline:
-            detail = f"repeatability window closed before attempt {job.attempts + 1}; last answer: {job.last_message}"
-            return await _settle(job, ctx, State.UNKNOWN, None, detail)
-        attempt = job.attempts + 1
-        lease_until = now + settings.request_timeout + settings.claim_lease
-        started = await ctx.ledger.run(
-            op_start_attempt, job.id, ctx.worker_id, job.state, attempt, first_sent, now, lease_until
-        )
-        if started is None:
-            log.warning("job.lost_claim", attempt=attempt, reason="another worker took the job over")
-            return None
-        job = started
+        if started:
+            started = False
+        else:
+            begun = await _start_attempt(job, ctx)
+            if isinstance(begun, _Stopped):
+                return begun.job
+            job = begun
+        attempt = job.attempts
         assert job.first_sent is not None
+        deadline = job.first_sent + settings.send_deadline
         answer = await ctx.sender.transfer(job.call_connection_id, body, job.request_id, http_date(job.first_sent))
         ATTEMPTS.labels(answer.outcome.value, str(answer.status or answer.reach.value)).inc()
         REQUEST_SECONDS.observe(answer.duration_ms / 1000)
@@ -149,6 +143,29 @@ async def _drive(job: Job, ctx: Context) -> Job | None:
             return waiting
         job = waiting
         await ctx.sleep(delay)
+
+
+async def _start_attempt(job: Job, ctx: Context) -> Job | _Stopped:
+    """Take a rate-limit token if pacing, check the window, and record the attempt before it leaves."""
+    if ctx.limiter.enabled:
+        paced = await _take_token(job, ctx)
+        if isinstance(paced, _Stopped):
+            return paced
+        job = paced
+    now = ctx.clock()
+    first_sent = job.first_sent if job.first_sent is not None else int(now)
+    if now >= first_sent + ctx.settings.send_deadline:
+        detail = f"repeatability window closed before attempt {job.attempts + 1}; last answer: {job.last_message}"
+        return _Stopped(await _settle(job, ctx, State.UNKNOWN, None, detail))
+    attempt = job.attempts + 1
+    lease_until = now + ctx.settings.request_timeout + ctx.settings.claim_lease
+    started = await ctx.ledger.run(
+        op_start_attempt, job.id, ctx.worker_id, job.state, attempt, first_sent, now, lease_until
+    )
+    if started is None:
+        log.warning("job.lost_claim", attempt=attempt, reason="another worker took the job over")
+        return _Stopped(None)
+    return started
 
 
 @dataclass(frozen=True)
