@@ -822,7 +822,8 @@ valid_requests = st.fixed_dictionaries(
     {"callConnectionId": call_ids, "targetParticipant": identifiers},
     optional={
         "transferee": identifiers,
-        "operationContext": st.text(max_size=60),
+        # Any text but NUL, which the ledger cannot store (PostgreSQL), so validation refuses it.
+        "operationContext": st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=60),
         "operationCallbackUri": callback_uris,
         "customCallingContext": st.fixed_dictionaries(
             {}, optional={"sipHeaders": sip_headers, "voipHeaders": voip_headers}
@@ -966,3 +967,8 @@ def test_callback_uri_with_credentials_is_rejected() -> None:
         ("operationCallbackUri", "must not carry user information (user:password@)")
     ]
     assert "secret" not in str(caught.value)
+
+
+def test_operation_context_with_nul_is_refused() -> None:
+    """PostgreSQL cannot store NUL in text: accepted, it failed the ledger insert (a 500, an endless retry)."""
+    assert_issue(request(operationContext="a\x00b"), "operationContext", "NUL")
