@@ -13,7 +13,6 @@ it). Other brokers go through `Publisher`.
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -22,9 +21,9 @@ import kombu
 from celery import Celery
 from kombu.exceptions import OperationalError as BrokerError
 
-from worker.broker import TASK_NAME, broker_kind, transfer_queue
+from worker.broker import broker_kind, transfer_queue
 from worker.config import Settings
-from worker.publisher import Publisher
+from worker.publisher import MessageTemplate, Publisher
 
 
 class BatchPublisher:
@@ -42,8 +41,7 @@ class BatchPublisher:
         self._sent = 0  # delivery tags on the channel run 1, 2, ... in confirm mode
         self._unconfirmed: set[int] = set()
         self._refused = 0
-        self._headers: dict[str, Any] | None = None
-        self._embed: Any = None
+        self._template = MessageTemplate(app)
 
     def publish(self, job_ids: Iterable[str]) -> int:
         if self._one_by_one is not None:
@@ -56,14 +54,13 @@ class BatchPublisher:
 
     def _publish_confirmed(self, job_ids: Iterable[str]) -> int:
         producer = self._open()
-        headers, embed = self._template()
         count = 0
         for job_id in job_ids:
             producer.publish(
-                json.dumps([[], {"job_id": job_id}, embed]),
+                self._template.body(job_id),
                 content_type="application/json",
                 content_encoding="utf-8",
-                headers={**headers, "id": job_id, "root_id": job_id, "kwargsrepr": repr({"job_id": job_id})},
+                headers=self._template.headers(job_id),
                 correlation_id=job_id,
                 delivery_mode=2,
                 # A direct exchange named like its queue: Celery publishes through the default exchange too.
@@ -74,14 +71,6 @@ class BatchPublisher:
             count += 1
         self._wait_for_confirms()
         return count
-
-    def _template(self) -> tuple[dict[str, Any], Any]:
-        """Celery's headers and embed for a job message, built once."""
-        if self._headers is None:
-            message = self._app.amqp.as_task_v2("template", TASK_NAME, args=(), kwargs={}, ignore_result=True)
-            self._headers = dict(message.headers)
-            self._embed = message.body[2]
-        return self._headers, self._embed
 
     def _open(self) -> kombu.Producer:
         if self._producer is None:

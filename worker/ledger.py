@@ -183,6 +183,15 @@ class Job:
     def from_row(cls, row: sa.Row[Any]) -> Job:
         return cls(**row._asdict())
 
+    @classmethod
+    def from_values(cls, values: dict[str, Any]) -> Job:
+        """A job from the values just inserted (every column not given is NULL)."""
+        complete: dict[str, Any] = {name: values.get(name) for name in _JOB_FIELDS}
+        return cls(**complete)
+
+
+_JOB_FIELDS = tuple(column.name for column in jobs.columns)
+
 
 @dataclass(frozen=True)
 class NewJob:
@@ -320,7 +329,27 @@ def _event(
         "status": status,
         "detail": detail,
     }
-    connection.execute(_INSERT_EVENT, row)
+    deferred = connection.info.get(_DEFERRED_EVENTS)
+    if deferred is None:
+        connection.execute(_INSERT_EVENT, row)
+    else:
+        deferred.append(row)
+
+
+_DEFERRED_EVENTS = "acs_transfer_deferred_events"
+
+
+def _in_one_transaction(connection: Connection, calls: Sequence[Callable[[Connection], R]]) -> list[R]:
+    """Run operations in the caller's transaction, writing all their history rows in one statement at the end."""
+    events: list[dict[str, Any]] = []
+    connection.info[_DEFERRED_EVENTS] = events
+    try:
+        results = [call(connection) for call in calls]
+    finally:
+        del connection.info[_DEFERRED_EVENTS]
+    if events:
+        connection.execute(_INSERT_EVENT, events)
+    return results
 
 
 def op_create_jobs(connection: Connection, new_jobs: Sequence[NewJob], now: float) -> list[tuple[Job, bool]]:
@@ -347,14 +376,17 @@ def op_create_jobs(connection: Connection, new_jobs: Sequence[NewJob], now: floa
     if not rows:
         return []
     inserted = _insert_ignoring_conflicts(connection, jobs, rows, jobs.c.id)
-    ids = [job.id for job in new_jobs]
-    keys = [job.idempotency_key for job in new_jobs if job.idempotency_key is not None]
-    condition: sa.ColumnElement[bool] = jobs.c.id.in_(ids)
-    if keys:
-        condition = sa.or_(condition, jobs.c.idempotency_key.in_(keys))
-    found = [Job.from_row(row) for row in connection.execute(sa.select(jobs).where(condition))]
-    by_id = {job.id: job for job in found}
-    by_key = {job.idempotency_key: job for job in found if job.idempotency_key is not None}
+    # What was inserted is known without reading it back; only the others (conflicts) are looked up.
+    by_id = {row["id"]: Job.from_values(row) for row in rows if row["id"] in inserted}
+    others = [job for job in new_jobs if job.id not in inserted]
+    if others:
+        keys = [job.idempotency_key for job in others if job.idempotency_key is not None]
+        condition: sa.ColumnElement[bool] = jobs.c.id.in_([job.id for job in others])
+        if keys:
+            condition = sa.or_(condition, jobs.c.idempotency_key.in_(keys))
+        for row in connection.execute(sa.select(jobs).where(condition)):
+            by_id.setdefault(row.id, Job.from_row(row))
+    by_key = {job.idempotency_key: job for job in by_id.values() if job.idempotency_key is not None}
     results: list[tuple[Job, bool]] = []
     created_ids: list[str] = []
     for new in new_jobs:
@@ -370,11 +402,8 @@ def op_create_jobs(connection: Connection, new_jobs: Sequence[NewJob], now: floa
         if created:
             created_ids.append(job.id)
         results.append((job, created))
-    if created_ids:
-        connection.execute(
-            job_events.insert(),
-            [{"job_id": job_id, "at": now, "from_state": None, "to_state": State.QUEUED} for job_id in created_ids],
-        )
+    for job_id in created_ids:
+        _event(connection, job_id, now, None, State.QUEUED)
     return results
 
 
@@ -727,7 +756,7 @@ class SyncLedger:
         self.dialect = sa.make_url(sync_url).get_backend_name()
         if self.dialect == "sqlite":
             _ensure_sqlite_folder(sync_url)
-        self._engine = sa.create_engine(sync_url, pool_pre_ping=True)
+        self._engine = sa.create_engine(sync_url)
         if self.dialect == "sqlite":
             _tune_sqlite(self._engine)
         with self._engine.begin() as connection:
@@ -737,8 +766,22 @@ class SyncLedger:
         return f"SyncLedger({self._engine.url.render_as_string(hide_password=True)!r})"
 
     def run(self, operation: Callable[Concatenate[Connection, P], R], *args: P.args, **kwargs: P.kwargs) -> R:
-        with self._engine.begin() as connection:
+        def call(connection: Connection) -> R:
             return operation(connection, *args, **kwargs)
+
+        return self.run_all([call])[0]
+
+    def run_all(self, calls: Sequence[Callable[[Connection], R]]) -> list[R]:
+        """Run operations in one transaction. A connection found dead (the server restarted since it was pooled)
+        is replaced and the transaction tried once more: no pre-ping round trips on every call."""
+        try:
+            with self._engine.begin() as connection:
+                return _in_one_transaction(connection, calls)
+        except sa.exc.DBAPIError as error:
+            if not error.connection_invalidated:
+                raise
+        with self._engine.begin() as connection:
+            return _in_one_transaction(connection, calls)
 
     def create_jobs(self, new_jobs: Sequence[NewJob]) -> list[tuple[Job, bool]]:
         return self.run(op_create_jobs, new_jobs, time.time())
@@ -845,15 +888,14 @@ class Ledger:
         return True, value
 
     async def _transaction(self, calls: list[Call]) -> list[tuple[bool, Any]]:
-        def run_all(connection: Connection) -> list[tuple[bool, Any]]:
-            return [(True, call(connection)) for call in calls]
-
         if self._sync is not None:
-            job = functools.partial(self._sync.run, run_all)
-            return await asyncio.get_running_loop().run_in_executor(self._thread, job)
-        assert self._engine is not None
-        async with self._engine.begin() as connection:
-            return await connection.run_sync(run_all)
+            job = functools.partial(self._sync.run_all, calls)
+            results = await asyncio.get_running_loop().run_in_executor(self._thread, job)
+        else:
+            assert self._engine is not None
+            async with self._engine.begin() as connection:
+                results = await connection.run_sync(_in_one_transaction, calls)
+        return [(True, result) for result in results]
 
     async def get(self, job_id: str) -> Job | None:
         return await self.run(op_get, job_id)

@@ -6,6 +6,7 @@ the job itself is in the ledger.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -20,25 +21,49 @@ from worker.logs import get_logger
 log = get_logger(__name__)
 
 
+class MessageTemplate:
+    """Celery's own message for a job, built once by Celery; each job's message is that one with its id.
+
+    Celery builds a message field by field on every ``send_task``; a job message differs from the next only in
+    its id, so building it once takes that cost off every enqueue."""
+
+    def __init__(self, app: Celery) -> None:
+        message = app.amqp.as_task_v2("template", TASK_NAME, args=(), kwargs={}, ignore_result=True)
+        self._headers = dict(message.headers)
+        self._embed = message.body[2]
+
+    def body(self, job_id: str) -> str:
+        return json.dumps([[], {"job_id": job_id}, self._embed])
+
+    def headers(self, job_id: str) -> dict[str, Any]:
+        return {**self._headers, "id": job_id, "root_id": job_id, "kwargsrepr": repr({"job_id": job_id})}
+
+
 class Publisher:
-    """Sends job messages over the app's pooled broker connection."""
+    """Sends job messages over the app's pooled broker connection (confirmed one by one on RabbitMQ)."""
 
     def __init__(self, app: Celery, settings: Settings) -> None:
         self._app = app
         self._queue = transfer_queue(settings)
         self._kind = broker_kind(settings.broker_url)
+        self.template = MessageTemplate(app)
 
     def publish(self, job_ids: Iterable[str]) -> int:
         count = 0
         with self._app.producer_or_acquire() as producer:
             for job_id in job_ids:
-                self._app.send_task(
-                    TASK_NAME,
-                    kwargs={"job_id": job_id},
-                    task_id=job_id,
-                    queue=self._queue.name,
-                    producer=producer,
-                    ignore_result=True,
+                producer.publish(
+                    self.template.body(job_id),
+                    content_type="application/json",
+                    content_encoding="utf-8",
+                    headers=self.template.headers(job_id),
+                    correlation_id=job_id,
+                    delivery_mode=2,
+                    # The default exchange routes by queue name on every broker; the queue is declared once.
+                    exchange="",
+                    routing_key=self._queue.name,
+                    declare=[self._queue],
+                    retry=True,
                 )
                 count += 1
         return count
