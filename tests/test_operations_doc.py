@@ -62,7 +62,7 @@ def test_the_guide_covers_what_operators_ask() -> None:
         assert any(needed in heading for heading in headings), f"no section on {needed}"
     assert "README.md#configuration" in text, "the guide must point at the configuration table"
     assert "bench/throughput.py" in text, "capacity planning does not say where its figures come from"
-    assert re.search(r"\d+(–\d+)? transfers a second", text), "capacity planning has no measured throughput"
+    assert re.search(r"\d+(\u2013\d+)? transfers a second", text), "capacity planning has no measured throughput"
 
 
 def test_every_variable_named_in_the_guide_exists() -> None:
