@@ -1,0 +1,408 @@
+"""Operations on jobs: plain functions over a SQLAlchemy `Connection`, each run in a transaction by a store.
+
+Claiming is a conditional UPDATE: a job is taken only if it is queued, or if the worker that held it let its
+lease run out (it died). Two deliveries of one message therefore never send concurrently. Every state change
+also appends a row to `job_events`, so a job's history is always complete.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from worker.errors import IdempotencyConflict
+from worker.ledger.schema import (
+    Event,
+    Job,
+    NewJob,
+    State,
+    body_hash,
+    campaigns,
+    dead_messages,
+    job_events,
+    jobs,
+    leases,
+)
+
+R = TypeVar("R")
+
+
+def _insert_ignoring_conflicts(
+    connection: Connection, table: sa.Table, rows: Sequence[dict[str, Any]], returning: sa.Column[Any]
+) -> set[Any]:
+    """Insert the rows that conflict with no unique key; return `returning` of those inserted."""
+    dialect = connection.dialect.name
+    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+    result = connection.execute(insert.on_conflict_do_nothing().returning(returning), list(rows))
+    return set(result.scalars().all())
+
+
+# Hot-path statements are built once: building and cache-keying a statement costs more than running it.
+_bp = sa.bindparam
+_INSERT_EVENT = job_events.insert()
+_SELECT_JOB = sa.select(jobs).where(jobs.c.id == _bp("p_id"))
+_SELECT_STATE = sa.select(jobs.c.state).where(jobs.c.id == _bp("p_id"))
+_CLAIM_QUEUED = (
+    jobs.update()
+    .where(jobs.c.id == _bp("p_id"), jobs.c.state == State.QUEUED)
+    .values(state=State.SENDING, worker=_bp("p_worker"), lease_until=_bp("p_lease"), updated_at=_bp("p_now"))
+    .returning(*jobs.c)
+)
+# A queued job's first attempt starts with its claim (First-Sent committed with it, before the request) unless
+# its campaign is paced: a paced job must get its token before First-Sent is fixed.
+_PACED_CAMPAIGN = sa.exists().where(campaigns.c.name == jobs.c.campaign, campaigns.c.rate > 0)
+_CLAIM_QUEUED_AND_START = (
+    jobs.update()
+    .where(jobs.c.id == _bp("p_id"), jobs.c.state == State.QUEUED, ~_PACED_CAMPAIGN)
+    .values(
+        state=State.SENDING,
+        worker=_bp("p_worker"),
+        lease_until=_bp("p_lease"),
+        updated_at=_bp("p_now"),
+        attempts=1,
+        first_sent=_bp("p_first_sent", type_=sa.BigInteger),
+    )
+    .returning(*jobs.c)
+)
+_CLAIM_ORPHAN = (
+    jobs.update()
+    .where(jobs.c.id == _bp("p_id"), jobs.c.state.in_(State.HELD), jobs.c.lease_until < _bp("p_now"))
+    .values(state=State.SENDING, worker=_bp("p_worker"), lease_until=_bp("p_lease"), updated_at=_bp("p_now"))
+    .returning(*jobs.c)
+)
+_START_ATTEMPT = (
+    jobs.update()
+    .where(
+        jobs.c.id == _bp("p_id"),
+        jobs.c.worker == _bp("p_worker"),
+        jobs.c.state == _bp("p_from"),
+        # Only a held job is sent: a settled one (an outcome event may settle it under its holder) never again.
+        jobs.c.state.in_(State.HELD),
+    )
+    .values(
+        state=State.SENDING,
+        attempts=_bp("p_attempt"),
+        first_sent=sa.func.coalesce(jobs.c.first_sent, _bp("p_first_sent", type_=sa.BigInteger)),
+        lease_until=_bp("p_lease"),
+        updated_at=_bp("p_now"),
+    )
+    .returning(*jobs.c)
+)
+_TRANSITION_VALUES = {
+    "state": _bp("p_to"),
+    "lease_until": _bp("p_lease", type_=sa.Float),
+    "updated_at": _bp("p_now"),
+    "last_status": sa.func.coalesce(_bp("p_status", type_=sa.Integer), jobs.c.last_status),
+    "last_error": sa.func.coalesce(_bp("p_error", type_=sa.String), jobs.c.last_error),
+    "last_message": sa.func.coalesce(_bp("p_message", type_=sa.Text), jobs.c.last_message),
+    "accepted_at": sa.func.coalesce(_bp("p_accepted_at", type_=sa.Float), jobs.c.accepted_at),
+    "reason": _bp("p_reason", type_=sa.Text),
+    "settled_at": sa.func.coalesce(_bp("p_settled_at", type_=sa.Float), jobs.c.settled_at),
+}
+_TRANSITION = (
+    jobs.update()
+    .where(jobs.c.id == _bp("p_id"), jobs.c.state == _bp("p_from"))
+    .values(**_TRANSITION_VALUES)
+    .returning(*jobs.c)
+)
+_TRANSITION_HELD = (
+    jobs.update()
+    .where(jobs.c.id == _bp("p_id"), jobs.c.state == _bp("p_from"), jobs.c.worker == _bp("p_worker"))
+    .values(**_TRANSITION_VALUES)
+    .returning(*jobs.c)
+)
+
+
+def _event(
+    connection: Connection,
+    job_id: str,
+    now: float,
+    from_state: str | None,
+    to_state: str,
+    attempt: int | None = None,
+    status: int | None = None,
+    detail: str | None = None,
+) -> None:
+    row = {
+        "job_id": job_id,
+        "at": now,
+        "from_state": from_state,
+        "to_state": to_state,
+        "attempt": attempt,
+        "status": status,
+        "detail": detail,
+    }
+    deferred = connection.info.get(_DEFERRED_EVENTS)
+    if deferred is None:
+        connection.execute(_INSERT_EVENT, row)
+    else:
+        deferred.append(row)
+
+
+_DEFERRED_EVENTS = "acs_transfer_deferred_events"
+
+
+def _in_one_transaction(connection: Connection, calls: Sequence[Callable[[Connection], R]]) -> list[R]:
+    """Run operations in the caller's transaction, writing all their history rows in one statement at the end."""
+    events: list[dict[str, Any]] = []
+    connection.info[_DEFERRED_EVENTS] = events
+    try:
+        results = [call(connection) for call in calls]
+    finally:
+        del connection.info[_DEFERRED_EVENTS]
+    if events:
+        connection.execute(_INSERT_EVENT, events)
+    return results
+
+
+def op_create_jobs(connection: Connection, new_jobs: Sequence[NewJob], now: float) -> list[tuple[Job, bool]]:
+    """Insert jobs that do not exist yet (by id or idempotency key); return each job and whether it is new."""
+    rows = [
+        {
+            "id": job.id,
+            "idempotency_key": job.idempotency_key,
+            "request_id": job.request_id,
+            "campaign": job.campaign,
+            "call_connection_id": job.call_connection_id,
+            "body": job.body.decode(),
+            "body_hash": body_hash(job.body),
+            "state": State.QUEUED,
+            "attempts": 0,
+            "operation_context": job.operation_context,
+            "replay_of": job.replay_of,
+            "published_at": now,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for job in new_jobs
+    ]
+    if not rows:
+        return []
+    inserted = _insert_ignoring_conflicts(connection, jobs, rows, jobs.c.id)
+    # What was inserted is known without reading it back; only the others (conflicts) are looked up.
+    by_id = {row["id"]: Job.from_values(row) for row in rows if row["id"] in inserted}
+    others = [job for job in new_jobs if job.id not in inserted]
+    if others:
+        keys = [job.idempotency_key for job in others if job.idempotency_key is not None]
+        condition: sa.ColumnElement[bool] = jobs.c.id.in_([job.id for job in others])
+        if keys:
+            condition = sa.or_(condition, jobs.c.idempotency_key.in_(keys))
+        for row in connection.execute(sa.select(jobs).where(condition)):
+            by_id.setdefault(row.id, Job.from_row(row))
+    by_key = {job.idempotency_key: job for job in by_id.values() if job.idempotency_key is not None}
+    results: list[tuple[Job, bool]] = []
+    created_ids: list[str] = []
+    for new in new_jobs:
+        existing = by_key.get(new.idempotency_key) if new.idempotency_key is not None else None
+        job = existing or by_id[new.id]
+        if job.body_hash != body_hash(new.body):
+            key = new.idempotency_key or new.id
+            raise IdempotencyConflict(
+                f"idempotency key {key!r} already names job {job.id} with a different request; "
+                "use a new key for a new transfer"
+            )
+        created = job.id == new.id and job.id in inserted and job.id not in created_ids
+        if created:
+            created_ids.append(job.id)
+        results.append((job, created))
+    for job_id in created_ids:
+        _event(connection, job_id, now, None, State.QUEUED)
+    return results
+
+
+def op_get(connection: Connection, job_id: str) -> Job | None:
+    row = connection.execute(_SELECT_JOB, {"p_id": job_id}).first()
+    return Job.from_row(row) if row is not None else None
+
+
+def op_events(connection: Connection, job_id: str) -> list[Event]:
+    query = (
+        sa.select(
+            job_events.c.at,
+            job_events.c.from_state,
+            job_events.c.to_state,
+            job_events.c.attempt,
+            job_events.c.status,
+            job_events.c.detail,
+        )
+        .where(job_events.c.job_id == job_id)
+        .order_by(job_events.c.id)
+    )
+    return [Event(*row) for row in connection.execute(query)]
+
+
+def op_claim(
+    connection: Connection,
+    job_id: str,
+    worker: str,
+    now: float,
+    lease_until: float,
+    first_sent: int | None = None,
+) -> tuple[Job, str] | None:
+    """Take the job if it is queued or its holder's lease ran out: (job, its state before), or None if another
+    worker holds it, it is settled, or it does not exist. With `first_sent`, a queued job of no paced campaign
+    starts its first attempt in the same write (attempts 1, First-Sent fixed)."""
+    params = {"p_id": job_id, "p_worker": worker, "p_now": now, "p_lease": lease_until, "p_first_sent": first_sent}
+    row = None if first_sent is None else connection.execute(_CLAIM_QUEUED_AND_START, params).first()
+    if row is None:
+        row = connection.execute(_CLAIM_QUEUED, params).first()
+    before: str | None = State.QUEUED
+    if row is None:
+        before = connection.execute(_SELECT_STATE, {"p_id": job_id}).scalar()
+        if before not in State.HELD:
+            return None
+        row = connection.execute(_CLAIM_ORPHAN, params).first()
+        if row is None:
+            return None
+    job = Job.from_row(row)
+    detail = None if before == State.QUEUED else f"taken over from an expired lease ({before})"
+    _event(connection, job_id, now, before, State.SENDING, job.attempts or None, detail=detail)
+    return job, str(before)
+
+
+def op_start_attempt(
+    connection: Connection,
+    job_id: str,
+    worker: str,
+    from_state: str,
+    attempt: int,
+    first_sent: int,
+    now: float,
+    lease_until: float,
+) -> Job | None:
+    """Record attempt N before it leaves; First-Sent is set only by the first attempt and never changed."""
+    params = {
+        "p_id": job_id,
+        "p_worker": worker,
+        "p_from": from_state,
+        "p_attempt": attempt,
+        "p_first_sent": first_sent,
+        "p_lease": lease_until,
+        "p_now": now,
+    }
+    row = connection.execute(_START_ATTEMPT, params).first()
+    if row is None:
+        return None
+    if from_state != State.SENDING:
+        _event(connection, job_id, now, from_state, State.SENDING, attempt)
+    return Job.from_row(row)
+
+
+def op_transition(
+    connection: Connection,
+    job_id: str,
+    worker: str | None,
+    from_state: str,
+    to_state: str,
+    now: float,
+    *,
+    lease_until: float | None = None,
+    status: int | None = None,
+    error: str | None = None,
+    message: str | None = None,
+    detail: str | None = None,
+) -> Job | None:
+    """Move a job from `from_state` to `to_state`, only if it is still there (and held by `worker`, if given).
+    The last answer (status, error, message) is kept unless new values are given; `detail` says why the job
+    is where it is now and is kept as its reason."""
+    params = {
+        "p_id": job_id,
+        "p_from": from_state,
+        "p_worker": worker,
+        "p_to": to_state,
+        "p_lease": lease_until,
+        "p_now": now,
+        "p_status": status,
+        "p_error": error,
+        "p_message": message,
+        "p_accepted_at": now if to_state == State.ACCEPTED else None,
+        "p_reason": detail or message,
+        "p_settled_at": now if to_state in State.FINAL else None,
+    }
+    row = connection.execute(_TRANSITION if worker is None else _TRANSITION_HELD, params).first()
+    if row is None:
+        return None
+    job = Job.from_row(row)
+    _event(connection, job_id, now, from_state, to_state, job.attempts, status, detail or message)
+    return job
+
+
+def op_extend_lease(
+    connection: Connection, job_id: str, worker: str, state: str, lease_until: float, now: float
+) -> Job | None:
+    """Keep holding a job while it waits (for a rate-limit token), without a state change; None if lost."""
+    row = connection.execute(
+        jobs.update()
+        .where(jobs.c.id == job_id, jobs.c.worker == worker, jobs.c.state == state)
+        .values(lease_until=lease_until, updated_at=now)
+        .returning(*jobs.c)
+    ).first()
+    return Job.from_row(row) if row is not None else None
+
+
+def op_due_for_publish(
+    connection: Connection, now: float, republish_before: float, include_queued: bool, limit: int
+) -> list[tuple[str, str]]:
+    """Jobs whose message may be lost, as (id, state); their publish time is bumped so one sweep takes each."""
+    orphaned = sa.and_(jobs.c.state.in_(State.HELD), jobs.c.lease_until < now)
+    condition = sa.or_(jobs.c.state == State.QUEUED, orphaned) if include_queued else orphaned
+    query = (
+        sa.select(jobs.c.id, jobs.c.state)
+        .where(condition, sa.or_(jobs.c.published_at.is_(None), jobs.c.published_at < republish_before))
+        .order_by(jobs.c.published_at)
+        .limit(limit)
+    )
+    if connection.dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    due = [(row.id, row.state) for row in connection.execute(query)]
+    if due:
+        connection.execute(jobs.update().where(jobs.c.id.in_([i for i, _ in due])).values(published_at=now))
+    return due
+
+
+def op_record_dead_message(
+    connection: Connection, message_id: str | None, reason: str, payload: str | None, now: float
+) -> None:
+    connection.execute(dead_messages.insert().values(at=now, message_id=message_id, reason=reason, payload=payload))
+
+
+def op_dead_messages(connection: Connection, limit: int) -> list[dict[str, Any]]:
+    query = sa.select(dead_messages).order_by(dead_messages.c.id.desc()).limit(limit)
+    return [row._asdict() for row in connection.execute(query)]
+
+
+def op_take_lease(connection: Connection, name: str, holder: str, now: float, until: float) -> bool:
+    """Hold a named lease (e.g. the sweeper's) if it is free, expired, or already ours."""
+    _insert_ignoring_conflicts(connection, leases, [{"name": name, "holder": holder, "until": until}], leases.c.name)
+    result = connection.execute(
+        leases.update()
+        .where(leases.c.name == name, sa.or_(leases.c.holder == holder, leases.c.until < now))
+        .values(holder=holder, until=until)
+    )
+    return bool(result.rowcount)
+
+
+def op_jobs_in_states(connection: Connection, states: Sequence[str], campaign: str | None, limit: int) -> list[Job]:
+    query = sa.select(jobs).where(jobs.c.state.in_(states))
+    if campaign is not None:
+        query = query.where(jobs.c.campaign == campaign)
+    query = query.order_by(jobs.c.updated_at.desc()).limit(limit)
+    return [Job.from_row(row) for row in connection.execute(query)]
+
+
+def op_oldest_queued(connection: Connection) -> float | None:
+    """When the oldest job still waiting for a worker was created (None when nothing waits)."""
+    query = sa.select(sa.func.min(jobs.c.created_at)).where(jobs.c.state == State.QUEUED)
+    value = connection.execute(query).scalar()
+    return float(value) if value is not None else None
+
+
+def op_count_by_state(connection: Connection, campaign: str | None) -> dict[str, int]:
+    query = sa.select(jobs.c.state, sa.func.count()).group_by(jobs.c.state)
+    if campaign is not None:
+        query = query.where(jobs.c.campaign == campaign)
+    return {state: int(count) for state, count in connection.execute(query)}

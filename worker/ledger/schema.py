@@ -1,0 +1,208 @@
+"""The ledger's tables and the values read from them: job states, jobs, history rows, outcomes."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+
+class State:
+    """Job states. ``queued → sending → accepted``; side exits ``retry_wait``, ``failed``, ``unknown``, ``dead``."""
+
+    QUEUED = "queued"
+    SENDING = "sending"
+    RETRY_WAIT = "retry_wait"
+    ACCEPTED = "accepted"
+    TRANSFERRED = "transferred"
+    TRANSFER_FAILED = "transfer_failed"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+    DEAD = "dead"
+
+    ALL = (QUEUED, SENDING, RETRY_WAIT, ACCEPTED, TRANSFERRED, TRANSFER_FAILED, FAILED, UNKNOWN, DEAD)
+    #: a worker holds the job (under a lease)
+    HELD = (SENDING, RETRY_WAIT)
+    #: no worker will touch the job again on its own
+    SETTLED = (ACCEPTED, TRANSFERRED, TRANSFER_FAILED, FAILED, UNKNOWN, DEAD)
+    #: the outcome is known for good: only an operator's replay starts anything new
+    FINAL = (TRANSFERRED, TRANSFER_FAILED, FAILED, DEAD)
+    #: states an outcome event may settle (it can arrive before the 202 is recorded, or after the job went dead)
+    AWAITING_OUTCOME = (QUEUED, SENDING, RETRY_WAIT, ACCEPTED, UNKNOWN, DEAD)
+    #: what an operator may replay
+    REPLAYABLE = (FAILED, DEAD)
+
+
+metadata = sa.MetaData()
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("idempotency_key", sa.String(512), unique=True),
+    sa.Column("request_id", sa.String(36), nullable=False),
+    sa.Column("campaign", sa.String(200), index=True),
+    sa.Column("call_connection_id", sa.Text, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("body_hash", sa.String(64), nullable=False),
+    sa.Column("state", sa.String(20), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("first_sent", sa.BigInteger),
+    sa.Column("lease_until", sa.Float),
+    sa.Column("worker", sa.String(200)),
+    sa.Column("published_at", sa.Float),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("accepted_at", sa.Float),
+    sa.Column("last_status", sa.Integer),
+    sa.Column("last_error", sa.String(200)),
+    sa.Column("last_message", sa.Text),
+    sa.Column("reason", sa.Text),
+    # What ACS reported in the outcome event (resultInformation), and when the job reached a final state.
+    sa.Column("operation_context", sa.Text),
+    sa.Column("result_code", sa.Integer),
+    sa.Column("result_subcode", sa.Integer),
+    sa.Column("result_message", sa.Text),
+    sa.Column("settled_at", sa.Float),
+    # An operator's replay: the new job points at the original and the original at its replacement.
+    sa.Column("replay_of", sa.String(64)),
+    sa.Column("replayed_by", sa.String(64)),
+    sa.Index("ix_jobs_state_published", "state", "published_at"),
+    sa.Index("ix_jobs_call", "call_connection_id"),
+)
+
+job_events = sa.Table(
+    "job_events",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("job_id", sa.String(64), nullable=False, index=True),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("from_state", sa.String(20)),
+    sa.Column("to_state", sa.String(20), nullable=False),
+    sa.Column("attempt", sa.Integer),
+    sa.Column("status", sa.Integer),
+    sa.Column("detail", sa.Text),
+)
+
+dead_messages = sa.Table(
+    "dead_messages",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("message_id", sa.String(200)),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("payload", sa.Text),
+)
+
+callback_events = sa.Table(
+    "callback_events",
+    metadata,
+    sa.Column("event_id", sa.String(200), primary_key=True),  # ACS may deliver an event more than once
+    sa.Column("job_id", sa.String(64), index=True),
+    sa.Column("type", sa.String(200), nullable=False),
+    sa.Column("received_at", sa.Float, nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+)
+
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("holder", sa.String(200), nullable=False),
+    sa.Column("until", sa.Float, nullable=False),
+)
+
+# A bulk campaign: its pacing (transfers per second, none when NULL), read by workers through a short cache.
+campaigns = sa.Table(
+    "campaigns",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("rate", sa.Float),
+    sa.Column("source", sa.Text),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    idempotency_key: str | None
+    request_id: str
+    campaign: str | None
+    call_connection_id: str
+    body: str
+    body_hash: str
+    state: str
+    attempts: int
+    first_sent: int | None
+    lease_until: float | None
+    worker: str | None
+    published_at: float | None
+    created_at: float
+    updated_at: float
+    accepted_at: float | None
+    last_status: int | None
+    last_error: str | None
+    last_message: str | None
+    reason: str | None
+    operation_context: str | None
+    result_code: int | None
+    result_subcode: int | None
+    result_message: str | None
+    settled_at: float | None
+    replay_of: str | None
+    replayed_by: str | None
+
+    @classmethod
+    def from_row(cls, row: sa.Row[Any]) -> Job:
+        return cls(**row._asdict())
+
+    @classmethod
+    def from_values(cls, values: dict[str, Any]) -> Job:
+        """A job from the values just inserted (every column not given is NULL)."""
+        complete: dict[str, Any] = {name: values.get(name) for name in _JOB_FIELDS}
+        return cls(**complete)
+
+
+_JOB_FIELDS = tuple(column.name for column in jobs.columns)
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A job to create: the frozen request and how to find it again."""
+
+    id: str
+    request_id: str
+    call_connection_id: str
+    body: bytes
+    idempotency_key: str | None = None
+    campaign: str | None = None
+    operation_context: str | None = None
+    replay_of: str | None = None
+
+
+@dataclass(frozen=True)
+class Event:
+    at: float
+    from_state: str | None
+    to_state: str
+    attempt: int | None
+    status: int | None
+    detail: str | None
+
+
+def body_hash(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What an outcome event means for a job: the final state and ACS's resultInformation."""
+
+    state: str
+    code: int | None
+    subcode: int | None
+    message: str | None
