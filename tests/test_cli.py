@@ -137,3 +137,11 @@ def test_demo_runs_end_to_end_and_leaves_no_process_behind(tmp_path: Path) -> No
     home = re.search(r" in (\S+acs-transfer-demo-\S+)", completed.stdout)
     assert home is not None
     assert processes_with(home.group(1)) == []
+
+
+def test_prune_reports_what_it_deleted_and_refuses_a_zero_age(env: dict[str, str]) -> None:
+    result = CliRunner().invoke(main, ["prune", "--older-than", "30"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "deleted 0 finished jobs older than 30 days" in result.stdout
+    refused = CliRunner().invoke(main, ["prune", "--older-than", "0"], env=env)
+    assert refused.exit_code == 2

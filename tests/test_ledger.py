@@ -21,6 +21,7 @@ from worker.ledger import (
     op_due_for_publish,
     op_events,
     op_get,
+    op_prune,
     op_start_attempt,
     op_take_lease,
     op_transition,
@@ -186,3 +187,23 @@ def test_a_ledger_from_an_older_release_is_named_as_such(sqlite_url: str) -> Non
     old.close()
     with pytest.raises(LedgerSchemaError, match=r"jobs table lacks .*request_id"):
         SyncLedger(sqlite_url)
+
+
+def test_prune_deletes_only_old_finished_jobs_with_their_history(ledger_url: str) -> None:
+    ledger = SyncLedger(ledger_url)
+    results = ledger.create_jobs([_job(f"call-{name}") for name in ("old-done", "new-done", "old-queued")])
+    old_done, new_done, old_queued = (job for job, _ in results)
+    for job, at in ((old_done, 1_000.0), (new_done, 9_000.0)):
+        ledger.run(op_transition, job.id, None, State.QUEUED, State.FAILED, at, status=404, error="NotFound")
+
+    def age(connection: Connection, job_id: str, at: float) -> None:
+        connection.execute(jobs.update().where(jobs.c.id == job_id).values(updated_at=at))
+
+    ledger.run(age, old_queued.id, 1_000.0)
+    assert ledger.run(op_prune, 5_000.0, 100) == 1
+    assert ledger.run(op_get, old_done.id) is None
+    assert ledger.events(old_done.id) == []
+    assert ledger.get(new_done.id).state == State.FAILED
+    assert ledger.get(old_queued.id).state == State.QUEUED  # never pruned before it finished
+    assert ledger.run(op_prune, 5_000.0, 100) == 0
+    ledger.close()

@@ -111,6 +111,7 @@ class Settings:
     # Operations
     worker_metrics_port: int = 0
     task_events: bool = False
+    job_retention_days: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.broker_url:
@@ -263,6 +264,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "rate_limit_redis_url": ("RATE_LIMIT_REDIS_URL", _text),
     "worker_metrics_port": ("WORKER_METRICS_PORT", _port),
     "task_events": ("TASK_EVENTS", _flag),
+    "job_retention_days": ("JOB_RETENTION_DAYS", _non_negative),
 }
 
 

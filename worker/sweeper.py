@@ -7,7 +7,8 @@ lease in the ledger; a re-published job that turns out to be alive is skipped by
 
 The same pass reconciles: a job whose outcome became unknown (the repeatability window closed without a final
 answer, or 412) and for which no outcome event arrived within `reconcile_after` goes to ``dead`` for an
-operator, who may replay it. Nothing is re-sent on its own.
+operator, who may replay it. Nothing is re-sent on its own. With JOB_RETENTION_DAYS set, it also deletes
+finished jobs older than that, a batch at a time, so the ledger does not grow without bound.
 """
 
 from __future__ import annotations
@@ -15,7 +16,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable
 
-from worker.ledger import State, op_due_for_publish, op_take_lease, op_transition, op_unknown_older_than
+from worker.ledger import (
+    State,
+    op_due_for_publish,
+    op_prune,
+    op_take_lease,
+    op_transition,
+    op_unknown_older_than,
+)
 from worker.logs import get_logger
 from worker.transfer import Context
 
@@ -45,6 +53,10 @@ async def sweep_once(
             "sweeper.republished", jobs=len(due), expired_leases=held, queued=len(due) - held, queue_depth=depth
         )
     await reconcile_unknown(ctx)
+    if settings.job_retention_days > 0:
+        pruned = await ctx.ledger.run(op_prune, now - settings.job_retention_days * 86400, BATCH)
+        if pruned:
+            log.info("sweeper.pruned", jobs=pruned, older_than_days=settings.job_retention_days)
     return len(due)
 
 

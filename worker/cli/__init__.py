@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from worker.cli import campaigns, configuration, dead, health, jobs, local, serve
+from worker.cli import campaigns, configuration, dead, health, jobs, local, prune, serve
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -17,5 +17,5 @@ for command in (jobs.enqueue, jobs.status, local.emulator, local.demo, serve.ser
     main.add_command(command)
 for command in (campaigns.submit, campaigns.campaign):
     main.add_command(command)
-for command in (health.healthcheck, configuration.config):
+for command in (health.healthcheck, configuration.config, prune.prune):
     main.add_command(command)

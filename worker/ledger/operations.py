@@ -21,6 +21,7 @@ from worker.ledger.schema import (
     NewJob,
     State,
     body_hash,
+    callback_events,
     campaigns,
     dead_messages,
     job_events,
@@ -384,6 +385,27 @@ def op_take_lease(connection: Connection, name: str, holder: str, now: float, un
         .values(holder=holder, until=until)
     )
     return bool(result.rowcount)
+
+
+#: jobs nothing will happen to any more without an operator (accepted: no outcome event came in time)
+PRUNABLE = (*State.FINAL, State.ACCEPTED)
+
+
+def op_prune(connection: Connection, before: float, limit: int) -> int:
+    """Delete up to `limit` finished jobs last changed before `before`, with their history and events."""
+    old = (
+        sa.select(jobs.c.id)
+        .where(jobs.c.state.in_(PRUNABLE), jobs.c.updated_at < before)
+        .order_by(jobs.c.updated_at)
+        .limit(limit)
+    )
+    ids = list(connection.execute(old).scalars())
+    if ids:
+        connection.execute(job_events.delete().where(job_events.c.job_id.in_(ids)))
+        connection.execute(callback_events.delete().where(callback_events.c.job_id.in_(ids)))
+        connection.execute(jobs.delete().where(jobs.c.id.in_(ids)))
+    connection.execute(dead_messages.delete().where(dead_messages.c.at < before))
+    return len(ids)
 
 
 def op_jobs_in_states(connection: Connection, states: Sequence[str], campaign: str | None, limit: int) -> list[Job]:
