@@ -17,7 +17,7 @@ from stack import Stack, celery_message, publish_raw
 
 from worker.broker import TASK_NAME
 from worker.errors import ValidationError
-from worker.ledger import State, op_count_by_state, op_dead_messages
+from worker.ledger import State, op_count_by_state, op_dead_messages, op_get
 from worker.processes import kill
 
 
@@ -128,3 +128,18 @@ async def test_enqueue_validation_errors_write_nothing(make_stack: Callable[[str
     assert stack.producer.ledger.run(op_count_by_state, None) == {}
     queue_folder = stack.settings.broker_folder / "queue"
     assert not list(queue_folder.glob("*.msg"))
+
+
+async def test_retention_prunes_finished_jobs_and_keeps_waiting_ones(make_stack: Callable[..., Any]) -> None:
+    stack: Stack = await make_stack("rabbitmq", "postgresql", sweep_interval=0.5, job_retention_days=1.0 / 86400)
+    # One call ACS keeps refusing with a retry delay, so its job waits (not finished) while the others are pruned.
+    await stack.set_faults({"by_call": {"call-waiting": [{"kind": "status", "status": 503, "retry_after": 30}] * 5}})
+    stack.start_worker()
+    waiting = stack.enqueue("call-waiting")
+    finished = [stack.enqueue(f"call-{index}") for index in range(10)]
+    await stack.wait_for(
+        lambda: all(stack.producer.ledger.run(op_get, job_id) is None for job_id in finished), "finished jobs pruned"
+    )
+    assert stack.job(waiting).state == State.RETRY_WAIT
+    assert stack.emulator.state.effects.total_effects == 10
+    assert '"sweeper.pruned"' in stack.logs()
