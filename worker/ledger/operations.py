@@ -396,16 +396,19 @@ def op_prune(connection: Connection, before: float, limit: int) -> int:
     old = (
         sa.select(jobs.c.id)
         .where(jobs.c.state.in_(PRUNABLE), jobs.c.updated_at < before)
-        .order_by(jobs.c.updated_at)
+        .order_by(jobs.c.updated_at, jobs.c.id)
         .limit(limit)
     )
-    ids = list(connection.execute(old).scalars())
-    if ids:
-        connection.execute(job_events.delete().where(job_events.c.job_id.in_(ids)))
-        connection.execute(callback_events.delete().where(callback_events.c.job_id.in_(ids)))
-        connection.execute(jobs.delete().where(jobs.c.id.in_(ids)))
+    # Lock the rows first (PostgreSQL; SQLite's writer lock does the same) so that a late outcome event cannot
+    # move one of them while the deletes below select them again. The deletes take the selection as a subquery,
+    # not a list of ids: one statement text whatever the count, so prepared-statement caches hold one entry.
+    pruned = len(connection.execute(old.with_for_update()).all())
+    if pruned:
+        connection.execute(job_events.delete().where(job_events.c.job_id.in_(old)))
+        connection.execute(callback_events.delete().where(callback_events.c.job_id.in_(old)))
+        connection.execute(jobs.delete().where(jobs.c.id.in_(old)))
     connection.execute(dead_messages.delete().where(dead_messages.c.at < before))
-    return len(ids)
+    return pruned
 
 
 def op_jobs_in_states(connection: Connection, states: Sequence[str], campaign: str | None, limit: int) -> list[Job]:
