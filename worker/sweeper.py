@@ -8,12 +8,14 @@ lease in the ledger; a re-published job that turns out to be alive is skipped by
 The same pass reconciles: a job whose outcome became unknown (the repeatability window closed without a final
 answer, or 412) and for which no outcome event arrived within `reconcile_after` goes to ``dead`` for an
 operator, who may replay it. Nothing is re-sent on its own. With JOB_RETENTION_DAYS set, it also deletes
-finished jobs older than that, a batch at a time, so the ledger does not grow without bound.
+finished jobs older than that, so the ledger does not grow without bound: every tenth of the retention (at
+most hourly, since each pass scans the finished jobs), and on every pass while a backlog remains.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterable
 
 from worker.ledger import (
@@ -32,16 +34,20 @@ SWEEP_LEASE = "sweeper"
 BATCH = 1000
 
 
+PRUNE_BATCHES = 10  # per pass: 10,000 rows, each batch its own short transaction
+
+
 async def sweep_once(
     ctx: Context,
     publish: Callable[[Iterable[str]], int],
     queue_depth: Callable[[], int | None],
-) -> int:
-    """One pass; returns how many jobs were re-published."""
+    prune: bool = False,
+) -> tuple[int, bool]:
+    """One pass; returns how many jobs were re-published, and whether finished jobs remain to be pruned."""
     settings = ctx.settings
     now = ctx.clock()
     if not await ctx.ledger.run(op_take_lease, SWEEP_LEASE, ctx.worker_id, now, now + 3 * settings.sweep_interval):
-        return 0
+        return 0, False
     depth = await asyncio.to_thread(queue_depth)
     # With messages still waiting, a queued job is most likely among them: re-publish only held jobs then.
     include_queued = depth == 0
@@ -53,11 +59,23 @@ async def sweep_once(
             "sweeper.republished", jobs=len(due), expired_leases=held, queued=len(due) - held, queue_depth=depth
         )
     await reconcile_unknown(ctx)
-    if settings.job_retention_days > 0:
-        pruned = await ctx.ledger.run(op_prune, now - settings.job_retention_days * 86400, BATCH)
-        if pruned:
-            log.info("sweeper.pruned", jobs=pruned, older_than_days=settings.job_retention_days)
-    return len(due)
+    backlog = prune and await prune_finished(ctx)
+    return len(due), backlog
+
+
+async def prune_finished(ctx: Context) -> bool:
+    """Delete finished jobs older than the retention, a batch per transaction; True if some are left."""
+    days = ctx.settings.job_retention_days
+    cutoff = ctx.clock() - days * 86400
+    total = 0
+    for _ in range(PRUNE_BATCHES):
+        pruned = await ctx.ledger.run(op_prune, cutoff, BATCH)
+        total += pruned
+        if pruned < BATCH:
+            break
+    if total:
+        log.info("sweeper.pruned", jobs=total, older_than_days=days)
+    return pruned == BATCH
 
 
 async def reconcile_unknown(ctx: Context) -> int:
@@ -82,12 +100,18 @@ async def run_sweeper(
     queue_depth: Callable[[], int | None],
 ) -> None:
     """Sweep every `sweep_interval` seconds until cancelled; errors are logged, never fatal."""
+    retention = ctx.settings.job_retention_days * 86400
+    next_prune = 0.0 if retention > 0 else float("inf")
     while True:
+        started = time.monotonic()
+        prune = started >= next_prune
         try:
-            swept = await sweep_once(ctx, publish, queue_depth)
+            swept, backlog = await sweep_once(ctx, publish, queue_depth, prune)
         except asyncio.CancelledError:
             raise
         except Exception as error:
             log.error("sweeper.failed", error=f"{type(error).__name__}: {error}")
-            swept = 0
+            swept, backlog = 0, False
+        if prune and not backlog:
+            next_prune = started + min(retention / 10, 3600.0)
         await asyncio.sleep(0 if swept == BATCH else ctx.settings.sweep_interval)
