@@ -32,8 +32,6 @@ from worker.transfer import Context
 log = get_logger(__name__)
 SWEEP_LEASE = "sweeper"
 BATCH = 1000
-
-
 PRUNE_BATCHES = 10  # per pass: 10,000 rows, each batch its own short transaction
 
 
