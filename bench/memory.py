@@ -112,9 +112,12 @@ def main() -> int:
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         started = time.monotonic()
-        with ThreadPoolExecutor(8) as pool:
+        pool = ThreadPoolExecutor(8)
+        try:
             for future in [pool.submit(enqueue, i) for i in range(total)]:
                 future.result()
+        finally:  # on Ctrl-C, drop the jobs not yet enqueued so the clean-up below runs at once
+            pool.shutdown(cancel_futures=True)
         deadline = time.monotonic() + args.timeout
         while finished() < total and time.monotonic() < deadline:
             time.sleep(0.5)
