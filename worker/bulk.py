@@ -56,18 +56,7 @@ class BatchPublisher:
         producer = self._open()
         count = 0
         for job_id in job_ids:
-            producer.publish(
-                self._template.body(job_id),
-                content_type="application/json",
-                content_encoding="utf-8",
-                headers=self._template.headers(job_id),
-                correlation_id=job_id,
-                delivery_mode=2,
-                # A direct exchange named like its queue: Celery publishes through the default exchange too.
-                exchange="",
-                routing_key=self._queue.name,
-                retry=False,
-            )
+            producer.publish(**self._template.message(job_id, self._queue.name), retry=False)
             count += 1
         self._wait_for_confirms()
         return count

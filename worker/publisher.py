@@ -32,11 +32,22 @@ class MessageTemplate:
         self._headers = dict(message.headers)
         self._embed = message.body[2]
 
-    def body(self, job_id: str) -> str:
-        return json.dumps([[], {"job_id": job_id}, self._embed])
+    def message(self, job_id: str, queue: str) -> dict[str, Any]:
+        """Arguments for `kombu.Producer.publish`: the job's message, persistent, to `queue`.
 
-    def headers(self, job_id: str) -> dict[str, Any]:
-        return {**self._headers, "id": job_id, "root_id": job_id, "kwargsrepr": repr({"job_id": job_id})}
+        Through the default exchange, which routes by queue name on every broker (Celery publishes that way too).
+        """
+        headers = {**self._headers, "id": job_id, "root_id": job_id, "kwargsrepr": repr({"job_id": job_id})}
+        return {
+            "body": json.dumps([[], {"job_id": job_id}, self._embed]),
+            "content_type": "application/json",
+            "content_encoding": "utf-8",
+            "headers": headers,
+            "correlation_id": job_id,
+            "delivery_mode": 2,
+            "exchange": "",
+            "routing_key": queue,
+        }
 
 
 class Publisher:
@@ -52,19 +63,7 @@ class Publisher:
         count = 0
         with self._app.producer_or_acquire() as producer:
             for job_id in job_ids:
-                producer.publish(
-                    self.template.body(job_id),
-                    content_type="application/json",
-                    content_encoding="utf-8",
-                    headers=self.template.headers(job_id),
-                    correlation_id=job_id,
-                    delivery_mode=2,
-                    # The default exchange routes by queue name on every broker; the queue is declared once.
-                    exchange="",
-                    routing_key=self._queue.name,
-                    declare=[self._queue],
-                    retry=True,
-                )
+                producer.publish(**self.template.message(job_id, self._queue.name), declare=[self._queue], retry=True)
                 count += 1
         return count
 
