@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import random
-import secrets
+import re
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 import structlog
+from stack import KEY
 
 from worker.acs import AcsClient
 from worker.config import Settings
@@ -22,14 +23,6 @@ from worker.models import parse_transfer
 from worker.producer import prepare_job
 from worker.signing import http_date
 from worker.transfer import Context, backoff_delay, send_job
-
-KEY = secrets.token_bytes(32)
-
-
-@pytest.fixture
-async def emulator() -> AsyncIterator[Emulator]:
-    async with await start_emulator(EmulatorConfig(access_key=KEY)) as running:
-        yield running
 
 
 @pytest.fixture
@@ -202,7 +195,8 @@ async def test_window_closing_makes_the_outcome_unknown_without_a_new_request_id
     assert done is not None
     assert done.state == State.UNKNOWN
     assert done.attempts >= 2
-    assert "outside the repeatability window" in (done.reason or "")
+    # Either the last retry would have fallen past the deadline, or its sleep ran past it (timers overshoot).
+    assert re.search(r"outside the repeatability window|repeatability window closed before attempt", done.reason or "")
     assert done.last_status == 503
     seen = requests_for(emulator, call)
     assert len(seen) == done.attempts
