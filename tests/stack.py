@@ -113,6 +113,13 @@ def _delete_queue(settings: Settings) -> None:
 
 
 @pytest.fixture
+async def emulator() -> AsyncIterator[Emulator]:
+    """The emulator alone, in this process, checking signatures with `KEY`."""
+    async with await start_emulator(EmulatorConfig(access_key=KEY)) as running:
+        yield running
+
+
+@pytest.fixture
 async def make_stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Callable[[str, str], Any]]:
     stacks: list[Stack] = []
     emulators: list[Emulator] = []

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -19,25 +18,17 @@ from typing import Any
 
 import aiohttp
 import pytest
-from stack import Stack
+from stack import KEY, Stack
 
 from worker.acs import AcsClient
 from worker.campaign import op_save_campaign
 from worker.config import Settings
-from worker.emulator import Emulator, EmulatorConfig, start_emulator
+from worker.emulator import Emulator
 from worker.ledger import Job, Ledger, State, SyncLedger
 from worker.models import parse_transfer
 from worker.producer import prepare_job
 from worker.ratelimit import Limit, LocalBuckets, Pacer
 from worker.transfer import Context, send_job
-
-KEY = secrets.token_bytes(32)
-
-
-@pytest.fixture
-async def emulator() -> AsyncIterator[Emulator]:
-    async with await start_emulator(EmulatorConfig(access_key=KEY)) as running:
-        yield running
 
 
 @pytest.fixture
