@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import kombu
+import pytest
 from click.testing import CliRunner, Result
 from stack import Stack
 
@@ -22,7 +23,7 @@ from worker.broker import TASK_NAME, transfer_queue
 from worker.bulk import BatchPublisher
 from worker.campaign import op_get_campaign, op_progress
 from worker.campaign_files import read_rows
-from worker.campaign_submit import Submitter
+from worker.campaign_submit import RejectsFile, Submitter
 from worker.celery_app import create_app
 from worker.cli import main
 from worker.config import Settings
@@ -241,3 +242,40 @@ def test_batch_publishing_sends_celerys_own_message(rabbitmq_url: str) -> None:
         assert message.content_type == reference.content_type == "application/json"
         args, kwargs, _ = json.loads(message.body)
         assert (args, kwargs) == ([], {"job_id": message.headers["id"]})
+
+
+@pytest.mark.parametrize("batch_size", [1, 100])
+def test_a_key_that_comes_back_for_another_call_is_a_rejected_row_naming_the_key(
+    tmp_path: Path, batch_size: int
+) -> None:
+    """The call is not in the request body: a row whose key names an earlier row's job on another call is
+    a different transfer, whether the two rows share a batch or not."""
+    source = tmp_path / "calls.csv"
+    source.write_text(
+        "ticket,callConnectionId,targetParticipant\n"
+        "T-1,call-A,4:+14255550101\n"
+        "T-1,call-A,4:+14255550101\n"  # the same transfer again: already present
+        "T-1,call-B,4:+14255550101\n"  # the same key, the same target, another call
+    )
+    published: list[str] = []
+
+    def publish(job_ids: Iterable[str]) -> int:
+        published.extend(job_ids)
+        return len(published)
+
+    rejects = RejectsFile(tmp_path / "rejects.jsonl")
+    ledger = SyncLedger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    try:
+        submitter = Submitter(ledger, publish, "keys", rejects, key_column="ticket", batch_size=batch_size)
+        summary = submitter.submit(read_rows(source, "csv", key_column="ticket"))
+        assert ledger.run(op_count_by_state, "keys") == {State.QUEUED: 1}
+    finally:
+        rejects.close()
+        ledger.close()
+    assert (summary.enqueued, summary.already_present, summary.rejected) == (1, 1, 1)
+    (line,) = [json.loads(text) for text in rejects.path.read_text().splitlines()]
+    assert line["line"] == 4
+    assert line["errors"] == [
+        {"field": "ticket", "rule": "the key 'T-1' already names a different transfer in this campaign"}
+    ]
+    assert len(published) == 1

@@ -197,7 +197,7 @@ class Submitter:
             else:
                 self.summary.already_present += 1
         for row, job in repeats:
-            if job.body == first[job.idempotency_key or ""][1].body:
+            if job.identity == first[job.idempotency_key or ""][1].identity:
                 self.summary.already_present += 1
             else:
                 self._conflict(row)

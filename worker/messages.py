@@ -3,7 +3,9 @@
 Two forms are accepted as task kwargs (JSON only):
 - ``{"job_id": "..."}`` from this package's producers: the job is already in the ledger;
 - ``{"request": {...wire form...}, "idempotency_key": "...", "campaign": "..."}`` from any other producer:
-  the worker creates the job itself, idempotently (its id is the message's task id, so a redelivery finds it).
+  the worker creates the job itself, idempotently: its id is derived from the idempotency key when the message
+  carries one (as every producer derives it, so one key is one job whichever way it came in), else it is the
+  message's task id, so a redelivery finds it. A key that already names another transfer makes a dead message.
 Anything else is recorded as a dead message with the reason, and the worker carries on.
 """
 
@@ -16,7 +18,7 @@ from typing import Any
 from worker.errors import IdempotencyConflict, ValidationError
 from worker.ledger import Job, op_create_jobs, op_record_dead_message
 from worker.logs import get_logger
-from worker.models import parse_transfer
+from worker.models import job_id_for_key, parse_transfer
 from worker.producer import prepare_job
 from worker.transfer import Context, send_job
 
@@ -64,6 +66,10 @@ def _job_from_kwargs(task_id: str, kwargs: Mapping[str, Any]) -> tuple[str, Any]
     job_id = kwargs.get("job_id")
     if job_id is None and "request" not in kwargs:
         raise BadMessage("message carries neither job_id nor request")
+    key = kwargs.get("idempotency_key")
+    if job_id is None and key is not None:
+        # The key names the job as it does for every producer: one key, one job, whichever way it came in.
+        return job_id_for_key(key), kwargs.get("request")
     if job_id is None and (not task_id or len(task_id) > _LIMITS["job_id"] or not _is_plain(task_id)):
         # The task id becomes the job's id: it must fit the ledger as a job_id would.
         raise BadMessage(f"the message's task id must be 1 to {_LIMITS['job_id']} printable characters")

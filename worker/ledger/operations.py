@@ -200,11 +200,11 @@ def op_create_jobs(connection: Connection, new_jobs: Sequence[NewJob], now: floa
     for new in new_jobs:
         existing = by_key.get(new.idempotency_key) if new.idempotency_key is not None else None
         job = existing or by_id[new.id]
-        if job.body_hash != body_hash(new.body):
+        if job.identity != new.identity:
             key = new.idempotency_key or new.id
+            what = "another call" if job.call_connection_id != new.call_connection_id else "a different request"
             raise IdempotencyConflict(
-                f"idempotency key {key!r} already names job {job.id} with a different request; "
-                "use a new key for a new transfer"
+                f"idempotency key {key!r} already names job {job.id} for {what}; use a new key for a new transfer"
             )
         created = job.id == new.id and job.id in inserted and job.id not in created_ids
         if created:

@@ -156,6 +156,11 @@ class Job:
     replay_of: str | None
     replayed_by: str | None
 
+    @property
+    def identity(self) -> tuple[str, str]:
+        """What the job asks for: the call and the exact body (see `NewJob.identity`)."""
+        return self.call_connection_id, self.body_hash
+
     @classmethod
     def from_row(cls, row: sa.Row[Any]) -> Job:
         return cls(**row._asdict())
@@ -182,6 +187,12 @@ class NewJob:
     campaign: str | None = None
     operation_context: str | None = None
     replay_of: str | None = None
+
+    @property
+    def identity(self) -> tuple[str, str]:
+        """What the job asks for: the call (not part of the body: it is in the URL) and the exact body. An
+        idempotency key names one transfer, so the same key with another identity is a conflict."""
+        return self.call_connection_id, body_hash(self.body)
 
 
 @dataclass(frozen=True)
