@@ -66,6 +66,7 @@ _JOB = {
                 "failed",
                 "unknown",
                 "dead",
+                "superseded",
             ],
         },
         "reason": {"type": ["string", "null"]},

@@ -31,6 +31,8 @@ from worker.ledger.outcomes import (
     op_find_job_for_event,
     op_record_event,
     op_replay,
+    op_replays_sent_twice,
+    op_stop_replacement,
     op_unknown_older_than,
 )
 from worker.ledger.schema import (
@@ -82,7 +84,9 @@ __all__ = [
     "op_record_dead_message",
     "op_record_event",
     "op_replay",
+    "op_replays_sent_twice",
     "op_start_attempt",
+    "op_stop_replacement",
     "op_take_lease",
     "op_transition",
     "op_unknown_older_than",

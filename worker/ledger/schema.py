@@ -10,7 +10,8 @@ import sqlalchemy as sa
 
 
 class State:
-    """Job states. ``queued → sending → accepted``; side exits ``retry_wait``, ``failed``, ``unknown``, ``dead``."""
+    """Job states. ``queued → sending → accepted``; side exits ``retry_wait``, ``failed``, ``unknown``, ``dead``,
+    and ``superseded``: a replay never sent because its original turned out transferred after all."""
 
     QUEUED = "queued"
     SENDING = "sending"
@@ -21,14 +22,15 @@ class State:
     FAILED = "failed"
     UNKNOWN = "unknown"
     DEAD = "dead"
+    SUPERSEDED = "superseded"
 
-    ALL = (QUEUED, SENDING, RETRY_WAIT, ACCEPTED, TRANSFERRED, TRANSFER_FAILED, FAILED, UNKNOWN, DEAD)
+    ALL = (QUEUED, SENDING, RETRY_WAIT, ACCEPTED, TRANSFERRED, TRANSFER_FAILED, FAILED, UNKNOWN, DEAD, SUPERSEDED)
     #: a worker holds the job (under a lease)
     HELD = (SENDING, RETRY_WAIT)
     #: no worker will touch the job again on its own
-    SETTLED = (ACCEPTED, TRANSFERRED, TRANSFER_FAILED, FAILED, UNKNOWN, DEAD)
+    SETTLED = (ACCEPTED, TRANSFERRED, TRANSFER_FAILED, FAILED, UNKNOWN, DEAD, SUPERSEDED)
     #: the outcome is known for good: only an operator's replay starts anything new
-    FINAL = (TRANSFERRED, TRANSFER_FAILED, FAILED, DEAD)
+    FINAL = (TRANSFERRED, TRANSFER_FAILED, FAILED, DEAD, SUPERSEDED)
     #: states an outcome event may settle (it can arrive before the 202 is recorded, or after the job went dead)
     AWAITING_OUTCOME = (QUEUED, SENDING, RETRY_WAIT, ACCEPTED, UNKNOWN, DEAD)
     #: what an operator may replay
