@@ -2,7 +2,8 @@
 
     POST /v1/callbacks/{job_id}   the URI the producer puts in operationCallbackUri (names the job)
     POST /v1/callbacks            events forwarded by a producer that uses its own callback URI: matched to
-                                  the latest job on the event's call (and operation context, when given)
+                                  the one job on the event's call (and operation context, when given) that
+                                  was sent and waits for an outcome; none or several: recorded unmatched
 
 Each request must carry ACS's bearer token (verified in `worker.tokens`) unless verification is switched off
 for local development. Events are deduplicated on their CloudEvent id. `CallTransferAccepted` moves a job to

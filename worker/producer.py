@@ -5,7 +5,8 @@ task code is imported here; messages go out by task name.
     job_id = enqueue_transfer(call_connection_id="...", target="4:+15551234567", idempotency_key="crm-123")
 
 A job exists once its ledger row is written; if publishing then fails, the sweeper publishes it later.
-Enqueueing the same idempotency key again returns the existing job and sends nothing again.
+Enqueueing the same idempotency key again for the same transfer returns the existing job and sends nothing
+again; the key with another call or request raises `IdempotencyConflict`.
 """
 
 from __future__ import annotations

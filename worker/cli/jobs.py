@@ -23,7 +23,9 @@ from worker.views import history_view, job_view
 @click.option("--source-caller-id", help="Caller id shown to a PSTN target, +E.164.")
 @click.option("--sip-header", multiple=True, metavar="K=V", help="X-MS-Custom-* or User-To-User SIP header.")
 @click.option("--voip-header", multiple=True, metavar="K=V", help="VoIP custom header.")
-@click.option("--idempotency-key", help="Same key, same job: enqueueing again sends nothing again.")
+@click.option(
+    "--idempotency-key", help="Same key, same transfer: one job, sent once; reused for another call: refused."
+)
 @click.option("--campaign", help="Group the job under a campaign name.")
 def enqueue(
     call_connection_id: str,
