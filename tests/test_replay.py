@@ -12,8 +12,10 @@ from typing import Any
 
 import sqlalchemy as sa
 from click.testing import CliRunner
+from structlog.testing import capture_logs
 
-from worker.callbacks import Received, TransferEvent, op_receive, parse_event
+from worker.callbacks import Received, TransferEvent, _log_result, op_receive, parse_event
+from worker.campaign import op_progress
 from worker.cli import main
 from worker.emulator.callbacks import transfer_event
 from worker.errors import ReplayRefused
@@ -33,6 +35,7 @@ from worker.ledger import (
 )
 from worker.models import parse_transfer
 from worker.producer import prepare_job
+from worker.reports import write_report
 
 
 def _request(call: str, context: str | None = None) -> dict[str, Any]:
@@ -41,7 +44,8 @@ def _request(call: str, context: str | None = None) -> dict[str, Any]:
 
 
 def _queued(ledger: SyncLedger, call: str, context: str | None = None) -> Job:
-    ((job, _),) = ledger.create_jobs([prepare_job(parse_transfer(_request(call, context)))])
+    new = prepare_job(parse_transfer(_request(call, context)), campaign="replays")
+    ((job, _),) = ledger.create_jobs([new])
     return job
 
 
@@ -114,7 +118,7 @@ def test_overlapping_replays_of_one_job_make_one_replacement(postgres_url: str) 
 
 def _new_replacement(original: Job) -> NewJob:
     request = parse_transfer({"callConnectionId": original.call_connection_id, **json.loads(original.body)})
-    return prepare_job(request, replay_of=original.id)
+    return prepare_job(request, campaign=original.campaign, replay_of=original.id)
 
 
 def _replay_in(engine: sa.Engine, original: Job) -> sa.Connection:
@@ -139,7 +143,9 @@ def _wait_until_blocked_or_done(engine: sa.Engine, thread: threading.Thread) -> 
             time.sleep(0.01)
 
 
-def test_a_replayed_original_that_turns_out_transferred_supersedes_its_unsent_replacement(ledger_url: str) -> None:
+def test_a_replayed_original_that_turns_out_transferred_supersedes_its_unsent_replacement(
+    ledger_url: str, tmp_path: Path
+) -> None:
     ledger = SyncLedger(ledger_url)
     original = _dead(ledger)
     replacement = _replay(ledger, original)
@@ -157,6 +163,10 @@ def test_a_replayed_original_that_turns_out_transferred_supersedes_its_unsent_re
     assert ledger.run(op_count_by_state, None) == {State.TRANSFERRED: 1, State.SUPERSEDED: 1}
     assert [e.to_state for e in ledger.run(op_events, replacement.id)] == [State.QUEUED, State.SUPERSEDED]
     assert ledger.run(op_replays_sent_twice, None, 10) == []
+    progress = ledger.run(op_progress, "replays", time.time(), 60.0)
+    assert (progress.counts[State.SUPERSEDED], progress.active) == (1, 0)  # settled: the campaign is done
+    report = write_report(ledger, "replays", tmp_path / "report.csv")
+    assert report.states == {State.TRANSFERRED: 1, State.SUPERSEDED: 1}
     ledger.close()
 
 
@@ -181,9 +191,15 @@ def test_a_replayed_original_that_turns_out_transferred_after_its_replacement_wa
     ledger = SyncLedger(ledger_url)
     original = _dead(ledger)
     replacement = _sent(ledger, _replay(ledger, original).id)
-    received = _receive(ledger, _event(original), original.id)
+    event = _event(original)
+    received = _receive(ledger, event, original.id)
     assert received.replacement is not None
     assert received.replacement[0] == "both_sent"
+    with capture_logs() as logs:
+        _log_result(received, event, original.id)
+    warnings = [line for line in logs if line["event"] == "replay.both_sent"]
+    assert [line["log_level"] for line in warnings] == ["warning"]
+    assert warnings[0]["replacement"] == replacement.id
     settled = ledger.get(original.id)
     assert settled.state == State.TRANSFERRED
     assert settled.reason is not None
@@ -252,6 +268,10 @@ def test_an_event_without_a_job_id_that_fits_two_sent_jobs_settles_neither(ledge
     assert received.result == "unmatched"
     assert received.unmatched_because is not None
     assert "more than one job" in received.unmatched_because
+    with capture_logs() as logs:
+        _log_result(received, _event(first), None)
+    assert [(line["event"], line["log_level"]) for line in logs] == [("callback.unmatched", "warning")]
+    assert logs[0]["reason"] == received.unmatched_because
     assert {ledger.get(job.id).state for job in (first, second)} == {State.SENDING}
     assert _receive(ledger, _event(other), None).result == "applied"  # its operation context tells it apart
     assert ledger.get(other.id).state == State.TRANSFERRED
