@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 from structlog.testing import capture_logs
@@ -141,6 +142,50 @@ def _wait_until_blocked_or_done(engine: sa.Engine, thread: threading.Thread) -> 
                 return
             watcher.rollback()
             time.sleep(0.01)
+
+
+@pytest.mark.parametrize("first", ["event", "claim"])
+def test_an_event_for_the_original_and_a_claim_of_the_replacement_cannot_both_win(
+    postgres_url: str, first: str
+) -> None:
+    """The outcome event for the original and a worker's claim (which starts the replacement's first attempt)
+    race: whichever commits first, the replacement is either superseded and never started, or started and
+    flagged; never started and superseded, never neither."""
+    ledger = SyncLedger(postgres_url)
+    original = _dead(ledger)
+    replacement = _replay(ledger, original)
+    engine = sa.create_engine(postgres_url.replace("postgresql://", "postgresql+psycopg://"))
+    now = time.time()
+    steps = {
+        "event": lambda connection: op_receive(connection, _event(original), original.id, now),
+        "claim": lambda connection: op_claim(connection, replacement.id, "worker-2", now, now + 30, int(now)),
+    }
+    second = "claim" if first == "event" else "event"
+    held = engine.connect()
+    held.begin()
+    results: dict[str, Any] = {first: steps[first](held)}
+
+    def run_second() -> None:
+        with engine.begin() as connection:
+            results[second] = steps[second](connection)
+
+    racer = threading.Thread(target=run_second)
+    racer.start()
+    _wait_until_blocked_or_done(engine, racer)
+    held.commit()
+    held.close()
+    racer.join(timeout=30)
+    assert not racer.is_alive()
+    final = ledger.get(replacement.id)
+    if first == "event":
+        assert results["claim"] is None
+        assert (final.state, final.attempts) == (State.SUPERSEDED, 0)
+    else:
+        assert results["event"].replacement[0] == "both_sent"
+        assert (final.state, final.attempts) == (State.SENDING, 1)
+        assert [job.id for job in ledger.run(op_replays_sent_twice, None, 10)] == [original.id]
+    engine.dispose()
+    ledger.close()
 
 
 def test_a_replayed_original_that_turns_out_transferred_supersedes_its_unsent_replacement(

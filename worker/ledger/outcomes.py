@@ -40,7 +40,7 @@ def op_find_job_for_event(
         return found[0], None
     if not found:
         return None, f"no job sent on {where} is waiting for an outcome"
-    return None, f"more than one job sent on {where} is waiting for an outcome: the event names none of them"
+    return None, f"more than one job sent on {where} is waiting for an outcome; nothing tells which one this is"
 
 
 def op_apply_outcome(connection: Connection, job_id: str, outcome: Outcome, detail: str, now: float) -> Job | None:
