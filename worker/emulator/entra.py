@@ -66,6 +66,8 @@ class EntraIssuer:
 
     def __init__(self, config: EntraConfig) -> None:
         self.config = config
+        #: client id -> secret (or federated token); tests may change it, as when a secret is rotated
+        self.clients = dict(config.clients)
         self.key_id = uuid.uuid4().hex
         self.issued = 0
         self.refused = 0
@@ -141,7 +143,7 @@ class EntraIssuer:
         if form.get("scope", "") not in _SCOPES:
             return self._refuse(400, "invalid_scope", f"AADSTS70011: the scope must be {AUDIENCE}/.default.")
         client_id = form.get("client_id", "")
-        expected = self.config.clients.get(client_id)
+        expected = self.clients.get(client_id)
         if expected is None:
             return self._refuse(400, "unauthorized_client", f"AADSTS700016: Application '{client_id}' not found.")
         if form.get("client_assertion_type") == _ASSERTION_TYPE:
