@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import ssl
 import subprocess
 import sys
@@ -22,18 +23,18 @@ from typing import Any
 import pytest
 from azure.communication.callautomation import CallAutomationClient, PhoneNumberIdentifier
 from azure.identity import ClientSecretCredential as SyncClientSecretCredential
-from azure.identity.aio import ClientSecretCredential
+from azure.identity.aio import ClientSecretCredential, WorkloadIdentityCredential
 from click.testing import CliRunner
 from test_emulator import _self_signed_certificate
 
 from worker.cli import main
 from worker.config import DEFAULT_API_VERSION, EntraIdEndpoint, Settings
 from worker.emulator import Emulator, EmulatorConfig, FaultPlan, start_emulator
-from worker.emulator.entra import AUDIENCE, REVOKED, EntraConfig, EntraIssuer
-from worker.entra import AccessTokens, TokenUnavailable
+from worker.emulator.entra import AUDIENCE, DEFAULT_TENANT, REVOKED, EntraConfig, EntraIssuer
+from worker.entra import SCOPE, AccessTokens, TokenUnavailable
 from worker.errors import ConfigError
 from worker.ledger import Job, State
-from worker.processes import child_env, spawn_worker, stop
+from worker.processes import child_env, free_port, spawn_worker, stop
 from worker.producer import Producer
 
 KEY = b"k" * 32
@@ -423,3 +424,46 @@ async def test_a_revoked_token_is_renewed_once_and_the_same_request_resent(
     assert len({(e.request_id, e.first_sent) for e in sent}) == 1
     assert authority.issuer.issued == issued_before + 1
     assert [e["event"] for e in _log_events(log_file)].count("acs.token_refused") == 1
+
+
+async def test_the_emulator_command_issues_tokens_to_the_clients_it_is_given(tmp_path: Path) -> None:
+    cert_file, key_file = _self_signed_certificate(tmp_path)
+    port = free_port()
+    env = {name: value for name, value in os.environ.items() if name not in {"ACS_CONNECTION_STRING", "ACS_ENDPOINT"}}
+    command = [sys.executable, "-m", "worker.cli", "emulator", "--port", str(port)]
+    command += ["--tls-cert", str(cert_file), "--tls-key", str(key_file)]
+    command += ["--entra-client", f"{CLIENT_ID}={SECRET}", "--token-lifetime", "60"]
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        assert process.stderr is not None
+        lines = [(await asyncio.to_thread(process.stderr.readline)).decode() for _ in range(2)]
+        assert lines[1].strip() == f"Microsoft Entra ID authority https://127.0.0.1:{port}, tenant {DEFAULT_TENANT}"
+        credential = ClientSecretCredential(
+            DEFAULT_TENANT, CLIENT_ID, SECRET, authority=f"https://127.0.0.1:{port}", connection_verify=str(cert_file)
+        )
+        async with credential:
+            token = await credential.get_token_info(SCOPE)
+        assert 50 <= token.expires_on - time.time() <= 61
+    finally:
+        stop(process)
+
+
+async def test_workload_identity_exchanges_its_federated_token_at_the_emulator(
+    authority: Authority, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "azure-identity-token"
+    token_file.write_text("projected-service-account-token")
+    authority.issuer.clients["workload-app"] = "projected-service-account-token"
+    credential = WorkloadIdentityCredential(
+        tenant_id=authority.tenant,
+        client_id="workload-app",
+        token_file_path=str(token_file),
+        authority=authority.emulator.url,
+        connection_verify=str(authority.cert_file),
+    )
+    tokens = AccessTokens(credential)
+    try:
+        token = await tokens.get()
+    finally:
+        await tokens.close()
+    assert authority.issuer.verify(token, time.time()) is None
