@@ -27,6 +27,7 @@ from azure.identity.aio import ClientSecretCredential, WorkloadIdentityCredentia
 from click.testing import CliRunner
 from test_emulator import _self_signed_certificate
 
+from worker.acs import AcsClient, Outcome
 from worker.cli import main
 from worker.config import DEFAULT_API_VERSION, EntraIdEndpoint, Settings
 from worker.emulator import Emulator, EmulatorConfig, FaultPlan, start_emulator
@@ -467,3 +468,39 @@ async def test_workload_identity_exchanges_its_federated_token_at_the_emulator(
     finally:
         await tokens.close()
     assert authority.issuer.verify(token, time.time()) is None
+
+
+async def test_a_token_refused_again_after_renewal_fails_as_acs_answered(authority: Authority) -> None:
+    # Another emulator, with a key of its own: it refuses every token the authority issues.
+    async with await start_emulator(EmulatorConfig(access_key=KEY)) as stranger:
+        endpoint = EntraIdEndpoint(stranger.url)
+        client = AcsClient(endpoint, DEFAULT_API_VERSION, 1.0, 3.0, 4, tokens=AccessTokens(authority.credential()))
+        try:
+            body = json.dumps({"targetParticipant": {"rawId": "4:+15551234567"}}).encode()
+            answer = await client.transfer("refused-call", body, str(uuid.uuid4()), "Tue, 01 Dec 2026 00:00:00 GMT")
+        finally:
+            await client.close()
+        assert (answer.outcome, answer.status) == (Outcome.PERMANENT, 401)
+        assert "signature does not match" in (answer.error_message or "")
+        sent = stranger.state.requests
+        assert [entry.status for entry in sent] == [401, 401]
+        assert len({(entry.request_id, entry.first_sent) for entry in sent}) == 1
+        assert stranger.state.effects.total_effects == 0
+
+
+@pytest.mark.parametrize(("secret", "healthy"), [(SECRET, True), ("a-wrong-secret-value", False)])
+async def test_healthcheck_says_which_authentication_and_proves_a_token(
+    authority: Authority, tmp_path: Path, secret: str, healthy: bool
+) -> None:
+    settings = Settings(home=tmp_path, acs_endpoint=authority.emulator.url)
+    command = [sys.executable, "-m", "worker.cli", "healthcheck", "--check", "acs"]
+    env = authority.worker_env(settings, secret=secret)
+    result = await asyncio.to_thread(
+        subprocess.run, command, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    (line,) = result.stdout.splitlines()
+    assert line.startswith("acs     ok" if healthy else "acs     FAIL"), line
+    assert f"Microsoft Entra ID (ACS_ENDPOINT) for {authority.emulator.url}" in line or not healthy
+    assert ("expires in" in line) if healthy else ("AADSTS7000215" in line)
+    assert result.returncode == (0 if healthy else 1)
+    assert secret not in result.stdout + result.stderr
