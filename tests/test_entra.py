@@ -197,7 +197,7 @@ def test_the_emulator_accepts_only_its_own_unexpired_tokens_for_acs() -> None:
     assert issuer.verify(token, now) is None
     foreign = EntraIssuer(EntraConfig(tenant_id=issuer.config.tenant_id)).issue(CLIENT_ID, now)
     assert issuer.verify(foreign, now) == "the token's signature does not match"
-    other_tenant = EntraIssuer(EntraConfig(key=issuer.config.key, tenant_id="another")).issue(CLIENT_ID, now)
+    other_tenant = EntraIssuer(EntraConfig(key=issuer.key, tenant_id="another")).issue(CLIENT_ID, now)
     assert issuer.verify(other_tenant, now) == "the token was not issued by this tenant"
     assert issuer.verify(issuer.issue(CLIENT_ID, now - 120), now) == "the token has expired"
     assert "not valid" in (issuer.verify("not-a-jwt", now) or "")

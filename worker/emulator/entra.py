@@ -45,12 +45,12 @@ def _new_key() -> rsa.RSAPrivateKey:
 @dataclass(frozen=True)
 class EntraConfig:
     """Which clients get tokens (client id -> its secret, or the federated token it presents), in which tenant,
-    for how long; and the key that signs them (emulators made from one config accept each other's tokens)."""
+    for how long; and the key that signs them (by default each emulator makes its own when first needed)."""
 
     clients: Mapping[str, str] = field(default_factory=dict, repr=False)
     tenant_id: str = DEFAULT_TENANT
     token_lifetime: int = 3600
-    key: rsa.RSAPrivateKey = field(default_factory=_new_key, repr=False, compare=False)
+    key: rsa.RSAPrivateKey | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.token_lifetime < 1:
@@ -71,11 +71,19 @@ class EntraIssuer:
         self.key_id = uuid.uuid4().hex
         self.issued = 0
         self.refused = 0
+        self._key = config.key
         self._live: set[str] = set()  # ids of the tokens issued and not revoked
         self._revoked: set[str] = set()
 
     def __repr__(self) -> str:
         return f"EntraIssuer(tenant={self.config.tenant_id!r}, issued={self.issued}, refused={self.refused})"
+
+    @property
+    def key(self) -> rsa.RSAPrivateKey:
+        # Made on first use: most emulators never see a token, and a 2048-bit key takes a tenth of a second.
+        if self._key is None:
+            self._key = _new_key()
+        return self._key
 
     def revoke_all(self) -> int:
         """Revoke every token issued so far (as when a credential is disabled): ACS answers 401 with a claims
@@ -106,7 +114,7 @@ class EntraIssuer:
             "exp": issued + self.config.token_lifetime,
         }
         self.issued += 1
-        return jwt.encode(claims, self.config.key, algorithm="RS256", headers={"kid": self.key_id})
+        return jwt.encode(claims, self.key, algorithm="RS256", headers={"kid": self.key_id})
 
     def verify(self, token: str, now: float) -> str | None:
         """None when `token` is one this authority issued, for ACS, not expired nor revoked; else why not (never
@@ -114,7 +122,7 @@ class EntraIssuer:
         try:
             claims = jwt.decode(
                 token,
-                self.config.key.public_key(),
+                self.key.public_key(),
                 algorithms=["RS256"],
                 audience=[AUDIENCE, f"{AUDIENCE}/"],
                 issuer=self.config.issuer,
