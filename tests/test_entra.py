@@ -64,8 +64,8 @@ class Authority:
             self.tenant, CLIENT_ID, secret, authority=self.emulator.url, connection_verify=str(self.cert_file)
         )
 
-    def worker_env(self, settings: Settings, secret: str = SECRET) -> dict[str, str]:
-        env = child_env({**settings.to_env(), "LOG_FORMAT": "json", "LOG_LEVEL": "INFO"})
+    def worker_env(self, settings: Settings, secret: str = SECRET, level: str = "INFO") -> dict[str, str]:
+        env = child_env({**settings.to_env(), "LOG_FORMAT": "json", "LOG_LEVEL": level})
         for variable in ("ACS_CONNECTION_STRING", *AZURE_VARIABLES):
             env.pop(variable, None)
         return {
@@ -406,7 +406,8 @@ async def test_a_revoked_token_is_renewed_once_and_the_same_request_resent(
 ) -> None:
     settings = _settings(tmp_path, authority, rabbitmq_url, sqlite_url)
     log_file = tmp_path / "worker.log"
-    worker_processes.append(spawn_worker(authority.worker_env(settings), log_file, concurrency=4))
+    env = authority.worker_env(settings, level="DEBUG")
+    worker_processes.append(spawn_worker(env, log_file, concurrency=4))
     producer = Producer(settings)
     try:
         first = producer.enqueue({"callConnectionId": "first", "targetParticipant": "4:+15551234567"}).job_id
@@ -425,6 +426,9 @@ async def test_a_revoked_token_is_renewed_once_and_the_same_request_resent(
     assert len({(e.request_id, e.first_sent) for e in sent}) == 1
     assert authority.issuer.issued == issued_before + 1
     assert [e["event"] for e in _log_events(log_file)].count("acs.token_refused") == 1
+    logged = log_file.read_text()
+    assert "eyJ" not in logged, "a token (a JWT) was logged"
+    assert SECRET not in logged
 
 
 async def test_the_emulator_command_issues_tokens_to_the_clients_it_is_given(tmp_path: Path) -> None:
