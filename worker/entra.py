@@ -33,8 +33,6 @@ SCOPE = "https://communication.azure.com//.default"
 REFRESH_MARGIN = 300.0
 #: never send a token closer to its expiry than this: it could expire on the way
 MIN_REMAINING = 2.0
-#: after a failed refresh, while the cached token still works, ask again this much later
-RETRY_AFTER_FAILURE = 5.0
 #: azure-identity's variables whose values are secrets
 _SECRET_VARIABLES = ("AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PASSWORD", "AZURE_PASSWORD")
 _ADVICE = re.compile(r"^(To mitigate|For more information|Visit|See)\b", re.IGNORECASE)
@@ -95,7 +93,7 @@ class AccessTokens:
         async with self._lock:
             if self._current is not None and time.time() < self._refresh_at:
                 return self._current.token  # another job refreshed it while this one waited
-            return (await self._refresh(None, None)).token
+            return (await self._refresh(None)).token
 
     async def renew(self, rejected: str, claims: str | None = None) -> str:
         """After ACS refused `rejected` (401): a token fetched since, or the credential's answer now. `claims` from
@@ -104,7 +102,7 @@ class AccessTokens:
             current = self._current
             if current is not None and current.token != rejected and self._usable(current):
                 return current.token
-            return (await self._refresh(rejected, claims)).token
+            return (await self._refresh(claims)).token
 
     async def close(self) -> None:
         await self._credential.close()
@@ -113,7 +111,7 @@ class AccessTokens:
     def _usable(token: AccessTokenInfo) -> bool:
         return token.expires_on - time.time() >= MIN_REMAINING
 
-    async def _refresh(self, rejected: str | None, claims: str | None) -> AccessTokenInfo:
+    async def _refresh(self, claims: str | None) -> AccessTokenInfo:
         try:
             token = await self._ask(claims)
             if not self._usable(token):
@@ -125,33 +123,21 @@ class AccessTokens:
         except TokenUnavailable:
             raise
         except Exception as error:
-            return self._keep_after_failure(error, rejected)
+            # azure-identity itself keeps a still-valid token when a proactive refresh fails: this is no token.
+            raise TokenUnavailable(f"no Microsoft Entra ID token for ACS: {describe(error)}") from None
         if self._current is None or token.token != self._current.token:
             log.info("entra.token", expires_in=round(token.expires_on - time.time()), asked=self.asked)
         self._current = token
-        remaining = token.expires_on - time.time()
-        self._refresh_at = token.expires_on - min(REFRESH_MARGIN, remaining / 2)
-        if token.refresh_on is not None:
+        now = time.time()
+        self._refresh_at = token.expires_on - min(REFRESH_MARGIN, (token.expires_on - now) / 2)
+        if token.refresh_on is not None and token.refresh_on > now:
+            # A past refresh_on the credential has not acted on yet would send every job to the credential.
             self._refresh_at = min(self._refresh_at, token.refresh_on)
         return token
 
     async def _ask(self, claims: str | None = None) -> AccessTokenInfo:
         self.asked += 1
         return await self._credential.get_token_info(SCOPE, options={"claims": claims} if claims else None)
-
-    def _keep_after_failure(self, error: Exception, rejected: str | None) -> AccessTokenInfo:
-        """A failed refresh is harmless while the cached token still works: use it, ask again a little later."""
-        current = self._current
-        if current is None or not self._usable(current) or current.token == rejected:
-            raise TokenUnavailable(f"no Microsoft Entra ID token for ACS: {describe(error)}") from None
-        self._refresh_at = time.time() + RETRY_AFTER_FAILURE
-        log.warning(
-            "entra.refresh_failed",
-            error=describe(error),
-            expires_in=round(current.expires_on - time.time()),
-            retry_in=RETRY_AFTER_FAILURE,
-        )
-        return current
 
 
 async def fetch_token(seconds: float) -> AccessTokenInfo:
