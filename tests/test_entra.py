@@ -123,7 +123,7 @@ def test_exactly_one_of_the_access_key_and_the_entra_id_endpoint() -> None:
         ("http://acs.example.communication.azure.com", "must use https"),
         ("ftp://acs.example", "must be https://"),
         ("https://acs.example/calling", "without a path"),
-        ("https://user:pw@acs.example", "must be https://"),
+        ("https://user:pw-secret@acs.example", "must be https://"),
         ("https://acs.example:99999", "is not a URL"),
     ],
 )
@@ -131,6 +131,7 @@ def test_a_bad_entra_id_endpoint_is_refused_by_name(value: str, problem: str) ->
     with pytest.raises(ConfigError, match="ACS_ENDPOINT") as caught:
         Settings.from_env({"ACS_ENDPOINT": value})
     assert problem in str(caught.value)
+    assert "pw-secret" not in str(caught.value)
 
 
 def test_plain_http_is_allowed_only_to_a_loopback_host() -> None:

@@ -83,17 +83,18 @@ class EntraIdEndpoint:
     def parse(cls, text: str) -> EntraIdEndpoint:
         """An ``https://<resource>.communication.azure.com`` URL; plain http only to a loopback host (tokens are
         bearer secrets)."""
+        shown = f"ACS_ENDPOINT={mask_url(text)!r}"
         try:
             url = urlsplit(text.strip())
             _ = url.port  # raises on a malformed port
         except ValueError:
-            raise ConfigError(f"ACS_ENDPOINT={text!r} is not a URL") from None
+            raise ConfigError(f"{shown} is not a URL") from None
         if url.scheme not in {"http", "https"} or not url.hostname or url.username or url.password:
-            raise ConfigError(f"ACS_ENDPOINT={text!r} must be https://<resource>.communication.azure.com")
+            raise ConfigError(f"{shown} must be https://<resource>.communication.azure.com")
         if url.scheme == "http" and url.hostname not in _LOOPBACK_HOSTS:
-            raise ConfigError(f"ACS_ENDPOINT={text!r} must use https (plain http only to a loopback host)")
+            raise ConfigError(f"{shown} must use https (plain http only to a loopback host)")
         if url.path.strip("/") or url.query or url.fragment:
-            raise ConfigError(f"ACS_ENDPOINT={text!r} must be the resource's base URL, without a path or query")
+            raise ConfigError(f"{shown} must be the resource's base URL, without a path or query")
         return cls(urlunsplit((url.scheme, url.netloc, "", "", "")))
 
 
