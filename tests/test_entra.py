@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from azure.communication.callautomation import CallAutomationClient, PhoneNumberIdentifier
 from azure.identity import ClientSecretCredential as SyncClientSecretCredential
@@ -450,6 +451,10 @@ async def test_the_emulator_command_issues_tokens_to_the_clients_it_is_given(tmp
         async with credential:
             token = await credential.get_token_info(SCOPE)
         assert 50 <= token.expires_on - time.time() <= 61
+        trusted = ssl.create_default_context(cafile=str(cert_file))
+        async with aiohttp.ClientSession() as session:
+            response = await session.get(f"https://127.0.0.1:{port}/_emulator/tokens", ssl=trusted)
+            assert await response.json() == {"issued": 1, "refused": 0}
     finally:
         stop(process)
 
