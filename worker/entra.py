@@ -22,10 +22,11 @@ import time
 from azure.core.credentials import AccessTokenInfo
 from azure.core.credentials_async import AsyncSupportsTokenInfo
 
-from worker.errors import TransferError
+from worker.errors import TokenUnavailable
 from worker.logs import get_logger, register_secret
 from worker.redact import scrub
 
+__all__ = ["SCOPE", "AccessTokens", "TokenUnavailable", "check_token", "default_credential", "describe"]
 log = get_logger(__name__)
 
 #: the scope ACS data-plane tokens are issued for (the resource URI, then "/.default", as the SDKs ask)
@@ -37,10 +38,6 @@ MIN_REMAINING = 2.0
 _SECRET_VARIABLES = ("AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PASSWORD", "AZURE_PASSWORD")
 _ADVICE = re.compile(r"^(To mitigate|For more information|Visit|See)\b", re.IGNORECASE)
 _MAX_DESCRIPTION = 600
-
-
-class TokenUnavailable(TransferError):
-    """No Microsoft Entra ID token for ACS could be had: nothing was sent; the message is retried later."""
 
 
 def default_credential() -> AsyncSupportsTokenInfo:
