@@ -24,6 +24,15 @@ README = ROOT / "README.md"
 VARIABLES = {variable for variable, _ in ENVIRONMENT.values()}
 #: upper-case names in the text that are not settings
 NOT_VARIABLES = {"PRECONDITION_FAILED", "LLEN"}
+#: azure-identity's own variables, and OpenSSL's
+NOT_VARIABLES |= {
+    "AZURE_CLIENT_ID",
+    "AZURE_TENANT_ID",
+    "AZURE_CLIENT_SECRET",
+    "AZURE_FEDERATED_TOKEN_FILE",
+    "AZURE_AUTHORITY_HOST",
+    "SSL_CERT_FILE",
+}
 
 
 def _blocks(text: str, language: str) -> list[str]:

@@ -20,7 +20,16 @@ from worker.redact import mask_url
 
 DEFAULT_API_VERSION = "2024-09-15"
 DEFAULT_QUEUE = "acs-transfer"
+_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 T = TypeVar("T")
+
+
+def _host_header(endpoint: str) -> str:
+    """``host[:port]`` of `endpoint` as the Host header carries it: a default port is left out."""
+    url = urlsplit(endpoint)
+    default_port = {"http": 80, "https": 443}[url.scheme]
+    netloc = url.netloc.rpartition("@")[2]
+    return netloc.removesuffix(f":{default_port}") if url.port == default_port else netloc
 
 
 @dataclass(frozen=True)
@@ -33,10 +42,7 @@ class AcsCredentials:
     @property
     def host(self) -> str:
         """``host[:port]`` as the Host header carries it: a default port is left out."""
-        url = urlsplit(self.endpoint)
-        default_port = {"http": 80, "https": 443}[url.scheme]
-        netloc = url.netloc.rpartition("@")[2]
-        return netloc.removesuffix(f":{default_port}") if url.port == default_port else netloc
+        return _host_header(self.endpoint)
 
     @classmethod
     def from_connection_string(cls, text: str) -> AcsCredentials:
@@ -63,6 +69,39 @@ class AcsCredentials:
         return f"endpoint={self.endpoint}/;accesskey={base64.b64encode(self.access_key).decode()}"
 
 
+@dataclass(frozen=True)
+class EntraIdEndpoint:
+    """Where ACS lives when requests carry a Microsoft Entra ID token (azure-identity's DefaultAzureCredential)."""
+
+    endpoint: str
+
+    @property
+    def host(self) -> str:
+        return _host_header(self.endpoint)
+
+    @classmethod
+    def parse(cls, text: str) -> EntraIdEndpoint:
+        """An ``https://<resource>.communication.azure.com`` URL; plain http only to a loopback host (tokens are
+        bearer secrets)."""
+        shown = f"ACS_ENDPOINT={mask_url(text)!r}"
+        try:
+            url = urlsplit(text.strip())
+            _ = url.port  # raises on a malformed port
+        except ValueError:
+            raise ConfigError(f"{shown} is not a URL") from None
+        if url.scheme not in {"http", "https"} or not url.hostname or url.username or url.password:
+            raise ConfigError(f"{shown} must be https://<resource>.communication.azure.com")
+        if url.scheme == "http" and url.hostname not in _LOOPBACK_HOSTS:
+            raise ConfigError(f"{shown} must use https (plain http only to a loopback host)")
+        if url.path.strip("/") or url.query or url.fragment:
+            raise ConfigError(f"{shown} must be the resource's base URL, without a path or query")
+        return cls(urlunsplit((url.scheme, url.netloc, "", "", "")))
+
+
+#: how requests to ACS are authenticated
+AcsAuth = AcsCredentials | EntraIdEndpoint
+
+
 def _masked_url(url: str) -> str:
     # Also masks a libpq ``?password=`` parameter, which would otherwise reach the worker's start-up log line.
     return mask_url(url)
@@ -74,6 +113,7 @@ class Settings:
 
     home: Path = Path(".acs-transfer")
     acs_connection_string: str | None = field(default=None, repr=False)
+    acs_endpoint: str | None = None
     api_version: str = DEFAULT_API_VERSION
     broker_url: str = ""
     ledger_url: str = ""
@@ -122,12 +162,26 @@ class Settings:
             raise ConfigError("REPEATABILITY_SAFETY_MARGIN must be smaller than REPEATABILITY_WINDOW")
         if self.log_format not in {"auto", "json", "console"}:
             raise ConfigError("LOG_FORMAT must be auto, json or console")
+        if self.acs_endpoint:
+            if self.acs_connection_string:
+                raise ConfigError(_BOTH_ACS_AUTH)
+            object.__setattr__(self, "acs_endpoint", EntraIdEndpoint.parse(self.acs_endpoint).endpoint)
 
     @property
     def acs(self) -> AcsCredentials:
+        """The access key (HMAC) credentials; raises when ACS_CONNECTION_STRING is not what is configured."""
         if not self.acs_connection_string:
             raise ConfigError("ACS_CONNECTION_STRING is not set: endpoint=https://<resource>/;accesskey=<key>")
         return AcsCredentials.from_connection_string(self.acs_connection_string)
+
+    @property
+    def acs_auth(self) -> AcsAuth:
+        """How the worker authenticates to ACS: exactly one of ACS_CONNECTION_STRING and ACS_ENDPOINT."""
+        if self.acs_endpoint:
+            return EntraIdEndpoint.parse(self.acs_endpoint)
+        if self.acs_connection_string:
+            return self.acs
+        raise ConfigError(_NO_ACS_AUTH)
 
     @property
     def broker_folder(self) -> Path:
@@ -174,6 +228,13 @@ class Settings:
             except ValueError:
                 raise ConfigError(f"{variable}={raw!r} is not a valid {parse.__name__}") from None
         return cls(**values)
+
+
+_BOTH_ACS_AUTH = "set only one of ACS_CONNECTION_STRING (access key) and ACS_ENDPOINT (Microsoft Entra ID), not both"
+_NO_ACS_AUTH = (
+    "set ACS_CONNECTION_STRING (endpoint=https://<resource>/;accesskey=<key>) or ACS_ENDPOINT "
+    "(https://<resource>.communication.azure.com, authenticated with Microsoft Entra ID)"
+)
 
 
 def _positive(kind: Callable[[str], T]) -> Callable[[str], T]:
@@ -231,6 +292,7 @@ SECRET_FIELDS = frozenset({"acs_connection_string", "intake_tokens"})
 ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "home": ("ACS_TRANSFER_HOME", Path),
     "acs_connection_string": ("ACS_CONNECTION_STRING", _text),
+    "acs_endpoint": ("ACS_ENDPOINT", _text),
     "api_version": ("ACS_API_VERSION", _text),
     "broker_url": ("CELERY_BROKER_URL", _text),
     "ledger_url": ("LEDGER_URL", _text),

@@ -32,6 +32,15 @@ def shown(name: str, value: Any) -> str:
     return mask_url(text) if "://" in text else text
 
 
+def acs_authentication(settings: Settings) -> str:
+    """Which way the worker authenticates to ACS, as `acs-transfer config` reports it."""
+    if settings.acs_endpoint:
+        return "Microsoft Entra ID (ACS_ENDPOINT; credential: azure-identity DefaultAzureCredential)"
+    if settings.acs_connection_string:
+        return "access key (ACS_CONNECTION_STRING)"
+    return "not configured: set ACS_CONNECTION_STRING or ACS_ENDPOINT to send transfers"
+
+
 def effective_config(environ: Mapping[str, str] | None = None) -> list[Entry]:
     """One entry per variable, in `ENVIRONMENT` order (`environ` defaults to the process's environment).
 

@@ -21,7 +21,8 @@ from worker import probes
 from worker.acs import AcsClient
 from worker.campaign import op_campaign_rate
 from worker.celery_app import create_app
-from worker.config import Settings
+from worker.config import AcsCredentials, Settings
+from worker.entra import AccessTokens, default_credential
 from worker.ledger import Ledger
 from worker.logs import get_logger, register_secret
 from worker.publisher import Publisher
@@ -51,24 +52,28 @@ class Runtime:
         log.info("worker.started", worker_id=self.worker_id, settings=repr(self.settings))
 
     async def _open(self, sweep: bool) -> None:
-        credentials = self.settings.acs
-        register_secret(credentials.access_key)
-        register_secret(self.settings.acs_connection_string)
-        client = AcsClient(
-            credentials,
-            self.settings.api_version,
-            self.settings.connect_timeout,
-            self.settings.request_timeout,
-            self.settings.max_connections,
-        )
+        client = self._acs_client()
         ledger = await Ledger.open(self.settings.ledger_url)
-        self._context = Context(self.settings, ledger, client, self.worker_id, limiter=self._limiter(ledger))
+        self._context = Context(
+            self.settings, ledger, client, self.worker_id, limiter=self._limiter(ledger), authorize=client.authorize
+        )
         if self.settings.worker_metrics_port:
             await self._serve_probes(ledger)
         if sweep:
             self._sweeper = asyncio.get_running_loop().create_task(
                 run_sweeper(self._context, self.publisher.publish, self.publisher.queue_depth)
             )
+
+    def _acs_client(self) -> AcsClient:
+        """The ACS client; under Microsoft Entra ID its credential is made here, on this loop, and closed with it."""
+        auth = self.settings.acs_auth
+        if isinstance(auth, AcsCredentials):
+            register_secret(auth.access_key)
+            register_secret(self.settings.acs_connection_string)
+        tokens = None if isinstance(auth, AcsCredentials) else AccessTokens(default_credential())
+        settings = self.settings
+        timeouts = (settings.connect_timeout, settings.request_timeout)
+        return AcsClient(auth, settings.api_version, *timeouts, settings.max_connections, tokens)
 
     def _limiter(self, ledger: Ledger) -> Limiter:
         async def campaign_rate(name: str) -> float | None:

@@ -1,7 +1,7 @@
 """The Celery layer, kept thin: bind log context, hand the message to the process's event loop, wait.
 
-Infrastructure failures (ledger or broker unreachable) retry the message later instead of acknowledging it
-away; everything about the job itself is decided in `worker.transfer`.
+Infrastructure failures (ledger or broker unreachable, no Entra ID token for ACS) retry the message later
+instead of acknowledging it away; everything about the job itself is decided in `worker.transfer`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from sqlalchemy.exc import DBAPIError
 from worker.broker import TASK_NAME
 from worker.celery_app import app
 from worker.config import Settings
+from worker.entra import TokenUnavailable, check_token
 from worker.logs import configure, get_logger
 from worker.messages import handle_message
 from worker.runtime import get_runtime, stop_runtime
@@ -27,6 +28,20 @@ _MAX_INFRA_BACKOFF = 60
 def _configure_logging(**_: Any) -> None:
     settings = Settings.from_env()
     configure(settings.log_level, settings.log_format)
+
+
+@signals.worker_init.connect
+def _check_entra_credential(**_: Any) -> None:
+    """Under Microsoft Entra ID, refuse to start (one line, exit 1) unless a token for ACS can be had."""
+    settings = Settings.from_env()
+    if not settings.acs_endpoint:
+        return
+    try:
+        detail = check_token(settings.request_timeout)
+    except TokenUnavailable as error:
+        log.error("worker.refused", reason=str(error))
+        raise SystemExit(1) from None
+    log.info("worker.credential", detail=detail)
 
 
 @signals.worker_ready.connect
@@ -51,7 +66,7 @@ def transfer(self: Task[Any, Any], *args: Any, **kwargs: Any) -> str | None:
     task_id = str(self.request.id)
     try:
         job = runtime.run(handle_message(runtime.context, task_id, args, kwargs))
-    except (DBAPIError, OSError) as error:
+    except (DBAPIError, OSError, TokenUnavailable) as error:
         retries = int(self.request.retries or 0)
         countdown = min(_MAX_INFRA_BACKOFF, 2**retries)
         log.error("task.infrastructure_error", error=f"{type(error).__name__}: {error}", retry_in=countdown)

@@ -33,6 +33,10 @@ class Sender(Protocol):
     async def transfer(self, call_connection_id: str, body: bytes, request_id: str, first_sent: str) -> Answer: ...
 
 
+async def _always_ready() -> None:
+    return None
+
+
 @dataclass
 class Context:
     """What the send logic needs from its process: settings, ledger, ACS client, identity, clock."""
@@ -45,6 +49,9 @@ class Context:
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     rng: random.Random = field(default_factory=random.Random)
     limiter: Limiter = field(default_factory=Unlimited)
+    # Awaited before an attempt is recorded (so before First-Sent is fixed): raises when the request could not be
+    # authenticated (no Entra ID token), leaving the job as it was for the message's retry.
+    authorize: Callable[[], Awaitable[None]] = _always_ready
 
 
 def backoff_delay(attempt: int, base: float, cap: float, server_hint: float | None, rng: random.Random) -> float:
@@ -55,6 +62,7 @@ def backoff_delay(attempt: int, base: float, cap: float, server_hint: float | No
 
 async def send_job(job_id: str, ctx: Context) -> Job | None:
     """Take the job and drive it to a settled state (or leave it to the worker that holds it)."""
+    await ctx.authorize()
     now = ctx.clock()
     settings = ctx.settings
     # A queued job that needs no rate-limit token is sent at once: its claim also starts its first attempt.
@@ -152,6 +160,7 @@ async def _start_attempt(job: Job, ctx: Context) -> Job | _Stopped:
         if isinstance(paced, _Stopped):
             return paced
         job = paced
+    await ctx.authorize()
     now = ctx.clock()
     first_sent = job.first_sent if job.first_sent is not None else int(now)
     if now >= first_sent + ctx.settings.send_deadline:

@@ -17,20 +17,48 @@ from worker.cli.common import settings
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="Serve https with this certificate.")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="Private key of --tls-cert.")
 @click.option("--faults", "faults_file", type=click.File(), help="Initial fault plan (JSON, as PUT /_emulator/faults).")
-def emulator(host: str, port: int, tls_cert: str | None, tls_key: str | None, faults_file: Any) -> None:
-    """Run the local ACS emulator, verifying signatures with the key in ACS_CONNECTION_STRING."""
+@click.option(
+    "--entra-client",
+    "entra_clients",
+    multiple=True,
+    metavar="CLIENT_ID=SECRET",
+    help="Issue Microsoft Entra ID tokens to this client (repeatable); azure-identity needs --tls-cert for it.",
+)
+@click.option("--token-lifetime", default=3600, show_default=True, type=click.IntRange(min=1), help="Seconds.")
+def emulator(
+    host: str,
+    port: int,
+    tls_cert: str | None,
+    tls_key: str | None,
+    faults_file: Any,
+    entra_clients: tuple[str, ...],
+    token_lifetime: int,
+) -> None:
+    """Run the local ACS emulator, verifying signatures with the key in ACS_CONNECTION_STRING and the Microsoft
+    Entra ID tokens it issues to --entra-client clients (then ACS_CONNECTION_STRING is optional)."""
+    import secrets  # noqa: PLC0415
     import ssl  # noqa: PLC0415
 
     from worker.emulator import EmulatorConfig, FaultPlan, run_emulator  # noqa: PLC0415
+    from worker.emulator.entra import EntraConfig  # noqa: PLC0415
 
-    key = settings().acs.access_key
+    clients = dict(client.partition("=")[::2] for client in entra_clients)
+    if not all(clients) or not all(clients.values()):
+        raise click.BadParameter("each must be CLIENT_ID=SECRET", param_hint="--entra-client")
+    loaded = settings()
+    # Tokens only: a random key, which no client has, signs nothing.
+    key = loaded.acs.access_key if loaded.acs_connection_string or not clients else secrets.token_bytes(32)
     faults = FaultPlan.from_json(json.load(faults_file)) if faults_file else FaultPlan()
     context = None
     if tls_cert:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(tls_cert, tls_key)
-    click.echo(f"ACS emulator on {'https' if context else 'http'}://{host}:{port}", err=True)
-    run_emulator(EmulatorConfig(access_key=key, faults=faults), host, port, ssl_context=context)
+    base = f"{'https' if context else 'http'}://{host}:{port}"
+    click.echo(f"ACS emulator on {base}", err=True)
+    entra = EntraConfig(clients=clients, token_lifetime=token_lifetime)
+    if clients:
+        click.echo(f"Microsoft Entra ID authority {base}, tenant {entra.tenant_id}", err=True)
+    run_emulator(EmulatorConfig(access_key=key, faults=faults, entra=entra), host, port, ssl_context=context)
 
 
 @click.command()

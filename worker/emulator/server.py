@@ -1,7 +1,8 @@
 """Routes: the transfer endpoint ACS exposes, and the emulator's own unauthenticated control endpoints.
 
 Transfer request pipeline, in order:
-    1. HMAC signature and x-ms-date freshness      -> 401
+    1. HMAC signature and x-ms-date freshness,
+       or a Microsoft Entra ID bearer token it issued -> 401
     2. api-version                                 -> 400
     3. body against the swagger schema             -> 400
     -- the fault plan is consulted here: a ``before`` fault answers now, nothing recorded --
@@ -23,6 +24,8 @@ from aiohttp import web
 from worker.emulator.answers import Answer, acs_error
 from worker.emulator.auth import authenticate
 from worker.emulator.config import EmulatorConfig
+from worker.emulator.entra import REVOKED
+from worker.emulator.entra import add_routes as add_entra_routes
 from worker.emulator.faults import Fault, FaultPlan, FaultPlanError
 from worker.emulator.repeatability import (
     ACCEPTED,
@@ -71,6 +74,7 @@ def create_app(config: EmulatorConfig) -> web.Application:
     app.router.add_get("/_emulator/faults", _get_faults)
     app.router.add_put("/_emulator/faults", _put_faults)
     app.router.add_post("/_emulator/reset", _reset)
+    add_entra_routes(app, app[STATE].entra)
     return app
 
 
@@ -131,18 +135,25 @@ async def _transfer(request: web.Request, call_connection_id: str, entry: Logged
     state = request.app[STATE]
     config = state.config
     raw = await request.read()
-    problem = authenticate(
-        config.access_key,
-        request.method,
-        request.raw_path,
-        request.headers.get("Host", ""),
-        raw,
-        request.headers,
-        time.time(),
-        config.date_tolerance,
-    )
-    if problem is not None:
-        return acs_error(401, f"HMAC authentication failed: {problem}")
+    authorization = request.headers.get("Authorization", "")
+    if authorization.startswith("Bearer "):
+        problem = state.entra.verify(authorization.removeprefix("Bearer "), time.time())
+        if problem is not None:
+            challenge = {"WWW-Authenticate": state.entra.challenge(time.time())} if problem == REVOKED else None
+            return acs_error(401, f"Microsoft Entra ID authentication failed: {problem}", headers=challenge)
+    else:
+        problem = authenticate(
+            config.access_key,
+            request.method,
+            request.raw_path,
+            request.headers.get("Host", ""),
+            raw,
+            request.headers,
+            time.time(),
+            config.date_tolerance,
+        )
+        if problem is not None:
+            return acs_error(401, f"HMAC authentication failed: {problem}")
 
     api_version = request.query.get("api-version")
     if api_version is None:

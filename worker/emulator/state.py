@@ -10,6 +10,7 @@ from typing import Any
 from worker.emulator.callbacks import CallbackSender, CallbackSigner
 from worker.emulator.config import EmulatorConfig
 from worker.emulator.effects import EffectsLedger
+from worker.emulator.entra import EntraIssuer
 from worker.emulator.faults import Fault, FaultDispenser, FaultPlan
 from worker.emulator.repeatability import RepeatabilityStore
 
@@ -56,6 +57,7 @@ class EmulatorState:
         self.faults = FaultDispenser(config.faults)
         self.callbacks = CallbackSender(CallbackSigner(config.callback_issuer, config.resource_id))
         self.callbacks.reseed(config.faults.seed)
+        self.entra = EntraIssuer(config.entra)
         # Handlers still running (latency, hangs): closed explicitly on shutdown, since a handler whose client
         # went away is no longer tracked by aiohttp yet may sleep for a fault's full duration.
         self.running: set[asyncio.Task[Any]] = set()
