@@ -8,6 +8,9 @@ sent with no answer (timeout, dropped connection), or answered with a status.
     408, 429, 5xx, 409 "in progress",     TRANSIENT  retry with the same request id and first-sent
     no answer, not sent
     any other 4xx                         PERMANENT  fail now with ACS's error code and message
+
+A transient answer other than "not sent" and 429 leaves the attempt's effect unknown (`Answer.effect_unknown`):
+ACS executes a request again after a 5xx, so a later 4xx (a call that already moved answers 404) proves nothing.
 """
 
 from __future__ import annotations
@@ -60,6 +63,11 @@ class Answer:
     duration_ms: float = 0.0
 
     @property
+    def effect_unknown(self) -> bool:
+        """The attempt may have taken effect although no answer says so: no answer, 408, 409 in progress, 5xx."""
+        return self.outcome is Outcome.TRANSIENT and self.reach is not Reach.NOT_SENT and self.status != 429
+
+    @property
     def summary(self) -> str:
         """One line for logs and the ledger, e.g. ``503 ServiceUnavailable: try later`` or ``no answer: timeout``."""
         if self.status is None:
@@ -99,7 +107,7 @@ def classify(status: int, body: bytes, headers: Mapping[str, str], duration_ms: 
     code, message = _error_detail(body)
     if status == 412:
         outcome = Outcome.STALE
-    elif status in _TRANSIENT_STATUSES or status >= 500 or (status == 409 and result == "accepted"):
+    elif status in _TRANSIENT_STATUSES or status >= 500 or (status == 409 and (result or "").lower() == "accepted"):
         # A 409 with Repeatability-Result: accepted means "the first request is still in progress".
         outcome = Outcome.TRANSIENT
     else:
