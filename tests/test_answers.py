@@ -120,6 +120,21 @@ async def test_a_404_after_an_attempt_whose_effect_is_unknown_is_unknown_not_fai
     assert settled.state == State.TRANSFERRED
 
 
+async def test_an_outcome_event_settles_a_dead_job_left_unknown_by_a_late_404(
+    emulator: Emulator, settings: Settings, ledger: Ledger, client: AcsClient
+) -> None:
+    call = "call-dead-then-event"
+    faults = [{"kind": "status", "status": 502, "stage": "after"}, {"kind": "status", "status": 404, "stage": "before"}]
+    await set_faults(emulator, {"by_call": {call: faults}})
+    job = create_job(settings.ledger_url, call)
+    await send_job(job.id, Context(settings, ledger, client, "w"))
+    assert await ledger.run(op_transition, job.id, None, State.UNKNOWN, State.DEAD, time.time()) is not None
+    outcome = EventOutcome(State.TRANSFERRED, 0, 0, "transferred")
+    settled = await ledger.run(op_apply_outcome, job.id, outcome, "CallTransferAccepted", time.time())
+    assert settled is not None
+    assert settled.state == State.TRANSFERRED
+
+
 async def test_a_404_after_only_definite_answers_fails(
     emulator: Emulator, settings: Settings, ledger: Ledger, client: AcsClient
 ) -> None:
@@ -303,6 +318,21 @@ async def test_a_stalled_workers_404_leaves_a_taken_over_job_unknown(
     done = await send_job(job.id, Context(settings, ledger, sender, "stalled"))
     assert done is not None
     assert done.state == State.UNKNOWN, done.reason
+
+
+async def test_a_stalled_workers_404_on_an_unknown_job_goes_into_its_history(
+    emulator: Emulator, settings: Settings, ledger: Ledger, client: AcsClient
+) -> None:
+    call = "call-stalled-404-unknown"
+    await set_faults(emulator, {"by_call": {call: [{"kind": "status", "status": 404, "stage": "before"}]}})
+    job = create_job(settings.ledger_url, call)
+    sender = MovesTheJobWhileSending(client, lambda: _to(ledger, job.id, State.UNKNOWN))
+    done = await send_job(job.id, Context(settings, ledger, sender, "stalled"))
+    assert done is not None
+    assert done.state == State.UNKNOWN
+    last = (await ledger.run(op_events, job.id))[-1]
+    assert (last.from_state, last.to_state, last.status) == (State.UNKNOWN, State.UNKNOWN, 404)
+    assert "effect is unknown" in (last.detail or "")
 
 
 async def test_a_202_in_hand_is_written_through_a_ledger_outage(emulator: Emulator, tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import structlog
 
@@ -40,6 +40,7 @@ from worker.ratelimit import Limiter, Turn, Unlimited
 from worker.signing import http_date
 
 log = get_logger(__name__)
+T = TypeVar("T")
 
 
 class Sender(Protocol):
@@ -226,33 +227,23 @@ async def _take_token(job: Job, ctx: Context) -> Job | _Stopped:
 
 
 async def _record_answer(job: Job, ctx: Context, state: str, answer: Answer, detail: str) -> Job | None:
-    """Write a definite answer. A ledger blip (failover, dropped connection) is retried with backoff for as long
-    as ACS remembers the request; past that the error goes up and the message is retried (tasks.py)."""
-    give_up = ctx.clock() + ctx.settings.repeatability_window
-    failures = 0
-    while True:
-        try:
-            recorded = await ctx.ledger.run(
-                op_record_answer,
-                job.id,
-                job.request_id,
-                ctx.worker_id,
-                state,
-                ctx.clock(),
-                status=answer.status,
-                error=answer.error_code,
-                message=answer.summary,
-                detail=detail,
-            )
-            break
-        except LEDGER_ERRORS as error:
-            failures += 1
-            delay = backoff_delay(failures, ctx.settings.backoff_base, ctx.settings.backoff_cap, None, ctx.rng)
-            if ctx.clock() + delay > give_up:
-                raise
-            first_line = str(error).partition("\n")[0]
-            log.warning("job.answer_not_written", wanted=state, error=f"{type(error).__name__}: {first_line}")
-            await ctx.sleep(delay)
+    """Write a definite answer (see `op_record_answer`), through ledger blips."""
+
+    async def write() -> tuple[Job, str | None] | None:
+        return await ctx.ledger.run(
+            op_record_answer,
+            job.id,
+            job.request_id,
+            ctx.worker_id,
+            state,
+            ctx.clock(),
+            status=answer.status,
+            error=answer.error_code,
+            message=answer.summary,
+            detail=detail,
+        )
+
+    recorded = await _through_ledger_blips(ctx, state, write)
     if recorded is None:
         log.warning("job.lost", wanted=state, reason="the job is no longer in the ledger")
         return None
@@ -266,6 +257,24 @@ async def _record_answer(job: Job, ctx: Context, state: str, answer: Answer, det
         "job.transition", from_state=before, to_state=current.state, attempt=current.attempts, detail=current.reason
     )
     return current
+
+
+async def _through_ledger_blips(ctx: Context, wanted: str, write: Callable[[], Awaitable[T]]) -> T:
+    """Run a ledger write until it commits, retrying a failover or a dropped connection with backoff for as long
+    as ACS remembers the request; past that the error goes up and the task retries the message (tasks.py)."""
+    give_up = ctx.clock() + ctx.settings.repeatability_window
+    failures = 0
+    while True:
+        try:
+            return await write()
+        except LEDGER_ERRORS as error:
+            failures += 1
+            delay = backoff_delay(failures, ctx.settings.backoff_base, ctx.settings.backoff_cap, None, ctx.rng)
+            if ctx.clock() + delay > give_up:
+                raise
+            first_line = str(error).partition("\n")[0]  # a database error goes on with the whole statement
+            log.warning("job.answer_not_written", wanted=wanted, error=f"{type(error).__name__}: {first_line}")
+            await ctx.sleep(delay)
 
 
 async def _settle(job: Job, ctx: Context, state: str, answer: Answer | None, detail: str) -> Job | None:
