@@ -335,6 +335,31 @@ async def test_a_stalled_workers_404_on_an_unknown_job_goes_into_its_history(
     assert "effect is unknown" in (last.detail or "")
 
 
+@dataclass
+class Answers:
+    """An ACS whose error body the emulator cannot produce: the answer is classified from these exact bytes."""
+
+    status: int
+    body: bytes
+
+    async def transfer(self, call_connection_id: str, body: bytes, request_id: str, first_sent: str) -> Answer:
+        return classify(self.status, self.body, {}, 1.0)
+
+
+async def test_an_error_body_no_ledger_could_store_as_is_is_still_written(settings: Settings, ledger: Ledger) -> None:
+    job = create_job(settings.ledger_url, "call-odd-error")
+    odd = b'{"error": {"code": "' + b"C" * 300 + rb'", "message": "call gone\u0000 \ud800 for good"}}'
+
+    async def never(_: float) -> None:
+        raise AssertionError("writing the answer failed")
+
+    done = await send_job(job.id, Context(settings, ledger, Answers(404, odd), "w", sleep=never))
+    assert done is not None
+    assert done.state == State.FAILED
+    assert done.last_error == "C" * 200
+    assert "call gone" in (done.last_message or "")
+
+
 async def test_a_202_in_hand_is_written_through_a_ledger_outage(emulator: Emulator, tmp_path: Path) -> None:
     database = PrivatePostgres()
     try:

@@ -119,10 +119,23 @@ def _error_detail(body: bytes) -> tuple[str | None, str | None]:
     try:
         error = json.loads(body)["error"]
         code, message = error.get("code"), error.get("message")
-        return (str(code) if code is not None else None, str(message) if message is not None else None)
+        return (
+            _storable(str(code), _MAX_CODE) if code is not None else None,
+            _storable(str(message), _MAX_MESSAGE) if message is not None else None,
+        )
     except (ValueError, TypeError, KeyError, AttributeError):
         text = body[:300].decode(errors="replace").strip()
-        return None, text or None
+        return None, _storable(text, _MAX_MESSAGE) or None
+
+
+_MAX_CODE = 200  # the ledger's last_error column
+_MAX_MESSAGE = 1000
+
+
+def _storable(text: str, limit: int) -> str:
+    """`text` as every ledger stores it (NUL and lone surrogates escaped), cut to `limit`: whatever ACS puts in
+    an error, writing the answer must not fail on it every time."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")[:limit]
 
 
 def transfer_path(call_connection_id: str, api_version: str) -> str:

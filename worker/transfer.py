@@ -243,7 +243,7 @@ async def _record_answer(job: Job, ctx: Context, state: str, answer: Answer, det
             detail=detail,
         )
 
-    recorded = await _through_ledger_blips(ctx, state, write)
+    recorded = await _through_ledger_blips(ctx, answer, write)
     if recorded is None:
         log.warning("job.lost", wanted=state, reason="the job is no longer in the ledger")
         return None
@@ -251,6 +251,9 @@ async def _record_answer(job: Job, ctx: Context, state: str, answer: Answer, det
     if before is None:
         log.info("job.settled_meanwhile", state=current.state, wanted=state)
         return current
+    if current.replayed_by is not None:
+        # An operator replayed the job while its answer was on the way: the replacement may transfer it twice.
+        log.error("job.answer_after_replay", state=current.state, replayed_by=current.replayed_by)
     TRANSITIONS.labels(current.state).inc()
     log_method = log.info if current.state == State.ACCEPTED else log.warning
     log_method(
@@ -259,21 +262,25 @@ async def _record_answer(job: Job, ctx: Context, state: str, answer: Answer, det
     return current
 
 
-async def _through_ledger_blips(ctx: Context, wanted: str, write: Callable[[], Awaitable[T]]) -> T:
-    """Run a ledger write until it commits, retrying a failover or a dropped connection with backoff for as long
-    as ACS remembers the request; past that the error goes up and the task retries the message (tasks.py)."""
-    give_up = ctx.clock() + ctx.settings.repeatability_window
+async def _through_ledger_blips(ctx: Context, answer: Answer, write: Callable[[], Awaitable[T]]) -> T:
+    """Run the write of an answer until it commits, retrying a failover or a dropped connection with capped
+    backoff for up to RECONCILE_AFTER (when an operator would be asked about the job anyway); past that the
+    answer is logged as an error and the task retries the message (tasks.py)."""
+    settings = ctx.settings
+    give_up = ctx.clock() + max(settings.reconcile_after, settings.repeatability_window)
     failures = 0
     while True:
         try:
             return await write()
         except LEDGER_ERRORS as error:
             failures += 1
-            delay = backoff_delay(failures, ctx.settings.backoff_base, ctx.settings.backoff_cap, None, ctx.rng)
-            if ctx.clock() + delay > give_up:
-                raise
+            delay = backoff_delay(failures, settings.backoff_base, settings.backoff_cap, None, ctx.rng)
             first_line = str(error).partition("\n")[0]  # a database error goes on with the whole statement
-            log.warning("job.answer_not_written", wanted=wanted, error=f"{type(error).__name__}: {first_line}")
+            fields = {"answer": answer.summary, "failures": failures, "error": f"{type(error).__name__}: {first_line}"}
+            if ctx.clock() + delay > give_up:
+                log.error("job.answer_not_written", gave_up=True, **fields)
+                raise
+            log.warning("job.answer_not_written", retry_in=round(delay, 2), **fields)
             await ctx.sleep(delay)
 
 
