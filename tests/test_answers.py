@@ -287,6 +287,7 @@ async def test_a_stalled_workers_202_settles_the_job_whoever_holds_it(
     assert done is not None
     assert done.state == State.ACCEPTED
     assert "the answer reached stalled after the job was" in (done.reason or "")
+    assert done.settled_at is None  # waiting for its outcome event
     assert [e.to_state for e in await ledger.run(op_events, job.id)][-1] == State.ACCEPTED
 
 

@@ -404,7 +404,15 @@ def op_record_answer(
     moved = op_transition(
         connection, job_id, None, job.state, state, now, status=status, error=error, message=message, detail=why
     )
-    return (moved, job.state) if moved is not None else (job, None)
+    if moved is None:
+        return job, None
+    if moved.settled_at is not None and state not in State.FINAL:
+        # A dead job accepted after all: it is waiting for its outcome again, not settled.
+        row = connection.execute(
+            jobs.update().where(jobs.c.id == job_id).values(settled_at=None).returning(*jobs.c)
+        ).one()
+        moved = Job.from_row(row)
+    return moved, job.state
 
 
 def op_extend_lease(
