@@ -12,6 +12,9 @@ sent with no answer (timeout, dropped connection), or answered with a status.
     408, 429, 5xx, 409 "in progress",     TRANSIENT  retry with the same request id and first-sent
     no answer, not sent
     any other 4xx                         PERMANENT  fail now with ACS's error code and message
+
+A transient answer other than "not sent" and 429 leaves the attempt's effect unknown (`Answer.effect_unknown`):
+ACS executes a request again after a 5xx, so a later 4xx (a call that already moved answers 404) proves nothing.
 """
 
 from __future__ import annotations
@@ -67,6 +70,11 @@ class Answer:
     duration_ms: float = 0.0
 
     @property
+    def effect_unknown(self) -> bool:
+        """The attempt may have taken effect although no answer says so: no answer, 408, 409 in progress, 5xx."""
+        return self.outcome is Outcome.TRANSIENT and self.reach is not Reach.NOT_SENT and self.status != 429
+
+    @property
     def summary(self) -> str:
         """One line for logs and the ledger, e.g. ``503 ServiceUnavailable: try later`` or ``no answer: timeout``."""
         if self.status is None:
@@ -106,7 +114,7 @@ def classify(status: int, body: bytes, headers: Mapping[str, str], duration_ms: 
     code, message = _error_detail(body)
     if status == 412:
         outcome = Outcome.STALE
-    elif status in _TRANSIENT_STATUSES or status >= 500 or (status == 409 and result == "accepted"):
+    elif status in _TRANSIENT_STATUSES or status >= 500 or (status == 409 and (result or "").lower() == "accepted"):
         # A 409 with Repeatability-Result: accepted means "the first request is still in progress".
         outcome = Outcome.TRANSIENT
     else:
@@ -118,10 +126,23 @@ def _error_detail(body: bytes) -> tuple[str | None, str | None]:
     try:
         error = json.loads(body)["error"]
         code, message = error.get("code"), error.get("message")
-        return (str(code) if code is not None else None, str(message) if message is not None else None)
+        return (
+            _storable(str(code), _MAX_CODE) if code is not None else None,
+            _storable(str(message), _MAX_MESSAGE) if message is not None else None,
+        )
     except (ValueError, TypeError, KeyError, AttributeError):
         text = body[:300].decode(errors="replace").strip()
-        return None, text or None
+        return None, _storable(text, _MAX_MESSAGE) or None
+
+
+_MAX_CODE = 200  # the ledger's last_error column
+_MAX_MESSAGE = 1000
+
+
+def _storable(text: str, limit: int) -> str:
+    """`text` as every ledger stores it (NUL and lone surrogates escaped), cut to `limit`: whatever ACS puts in
+    an error, writing the answer must not fail on it every time."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")[:limit]
 
 
 def transfer_path(call_connection_id: str, api_version: str) -> str:

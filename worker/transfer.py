@@ -4,7 +4,10 @@ Async and free of Celery, so it is tested directly. The invariants it keeps:
 - the request id, the body bytes and First-Sent of a job never change across attempts, workers or crashes;
 - First-Sent is stored before the first request leaves (`op_start_attempt` commits before the POST);
 - a retry starts only while the window since First-Sent (less a safety margin) is still open; past it, or on
-  412, the job becomes ``unknown`` and is never re-sent under a new request id.
+  412, the job becomes ``unknown`` and is never re-sent under a new request id;
+- a definite answer (202, 4xx) is written whatever happened meanwhile: retried through ledger blips, and
+  recorded even if the job passed to another worker or went unknown; a 4xx after an attempt whose effect is
+  unknown makes the job ``unknown``, not ``failed``.
 """
 
 from __future__ import annotations
@@ -14,19 +17,30 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import structlog
 
 from worker.acs import Answer, Outcome
 from worker.config import Settings
-from worker.ledger import Job, Ledger, State, op_claim, op_extend_lease, op_start_attempt, op_transition
+from worker.ledger import (
+    LEDGER_ERRORS,
+    Job,
+    Ledger,
+    State,
+    op_claim,
+    op_extend_lease,
+    op_record_answer,
+    op_start_attempt,
+    op_transition,
+)
 from worker.logs import get_logger
 from worker.metrics import ATTEMPTS, IN_FLIGHT, RATE_LIMIT_WAIT, REQUEST_SECONDS, RETRIES, TRANSITIONS
 from worker.ratelimit import Limiter, Turn, Unlimited
 from worker.signing import http_date
 
 log = get_logger(__name__)
+T = TypeVar("T")
 
 
 class Sender(Protocol):
@@ -129,9 +143,9 @@ async def _drive(job: Job, ctx: Context, started: bool) -> Job | None:
         if answer.status == 429 and ctx.limiter.enabled:
             await ctx.limiter.throttled(answer.retry_after)
         if answer.outcome is Outcome.ACCEPTED:
-            return await _settle(job, ctx, State.ACCEPTED, answer, "accepted by ACS")
+            return await _record_answer(job, ctx, State.ACCEPTED, answer, "accepted by ACS")
         if answer.outcome is Outcome.PERMANENT:
-            return await _settle(job, ctx, State.FAILED, answer, f"rejected by ACS: {answer.summary}")
+            return await _record_answer(job, ctx, State.FAILED, answer, f"rejected by ACS: {answer.summary}")
         if answer.outcome is Outcome.STALE:
             detail = (
                 f"ACS says the repeatability window has passed ({answer.summary}); earlier attempts' effect unknown"
@@ -221,6 +235,64 @@ async def _take_token(job: Job, ctx: Context) -> Job | _Stopped:
     return held
 
 
+async def _record_answer(job: Job, ctx: Context, state: str, answer: Answer, detail: str) -> Job | None:
+    """Write a definite answer (see `op_record_answer`), through ledger blips."""
+
+    async def write() -> tuple[Job, str | None] | None:
+        return await ctx.ledger.run(
+            op_record_answer,
+            job.id,
+            job.request_id,
+            ctx.worker_id,
+            state,
+            ctx.clock(),
+            status=answer.status,
+            error=answer.error_code,
+            message=answer.summary,
+            detail=detail,
+        )
+
+    recorded = await _through_ledger_blips(ctx, answer, write)
+    if recorded is None:
+        log.warning("job.lost", wanted=state, reason="the job is no longer in the ledger")
+        return None
+    current, before = recorded
+    if before is None:
+        log.info("job.settled_meanwhile", state=current.state, wanted=state)
+        return current
+    if current.replayed_by is not None:
+        # An operator replayed the job while its answer was on the way: the replacement may transfer it twice.
+        log.error("job.answer_after_replay", state=current.state, replayed_by=current.replayed_by)
+    TRANSITIONS.labels(current.state).inc()
+    log_method = log.info if current.state == State.ACCEPTED else log.warning
+    log_method(
+        "job.transition", from_state=before, to_state=current.state, attempt=current.attempts, detail=current.reason
+    )
+    return current
+
+
+async def _through_ledger_blips(ctx: Context, answer: Answer, write: Callable[[], Awaitable[T]]) -> T:
+    """Run the write of an answer until it commits, retrying a failover or a dropped connection with capped
+    backoff for up to RECONCILE_AFTER (when an operator would be asked about the job anyway); past that the
+    answer is logged as an error and the task retries the message (tasks.py)."""
+    settings = ctx.settings
+    give_up = ctx.clock() + max(settings.reconcile_after, settings.repeatability_window)
+    failures = 0
+    while True:
+        try:
+            return await write()
+        except LEDGER_ERRORS as error:
+            failures += 1
+            delay = backoff_delay(failures, settings.backoff_base, settings.backoff_cap, None, ctx.rng)
+            first_line = str(error).partition("\n")[0]  # a database error goes on with the whole statement
+            fields = {"answer": answer.summary, "failures": failures, "error": f"{type(error).__name__}: {first_line}"}
+            if ctx.clock() + delay > give_up:
+                log.error("job.answer_not_written", gave_up=True, **fields)
+                raise
+            log.warning("job.answer_not_written", retry_in=round(delay, 2), **fields)
+            await ctx.sleep(delay)
+
+
 async def _settle(job: Job, ctx: Context, state: str, answer: Answer | None, detail: str) -> Job | None:
     return await _transition(job, ctx, state, answer, detail, None)
 
@@ -242,11 +314,12 @@ async def _transition(
         error=answer.error_code if answer else "window_closed",
         message=answer.summary if answer else detail,
         detail=detail,
+        effect_unknown=f"attempt {job.attempts}: {answer.summary}" if answer and answer.effect_unknown else None,
     )
     if moved is None:
         current = await ctx.ledger.get(job.id)
-        if current is not None and current.state in State.FINAL:
-            # The outcome event overtook the answer (or the job was settled otherwise): nothing left to do.
+        if current is not None and current.state not in State.HELD:
+            # An outcome event, or a stalled worker's answer, overtook this one: nothing left to do.
             log.info("job.settled_meanwhile", state=current.state, wanted=state)
             return current
         log.warning("job.lost_claim", to_state=state, reason="another worker took the job over")

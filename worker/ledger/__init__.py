@@ -21,6 +21,7 @@ from worker.ledger.operations import (
     op_jobs_in_states,
     op_oldest_queued,
     op_prune,
+    op_record_answer,
     op_record_dead_message,
     op_start_attempt,
     op_take_lease,
@@ -50,9 +51,10 @@ from worker.ledger.schema import (
     leases,
     metadata,
 )
-from worker.ledger.stores import Ledger, SyncLedger
+from worker.ledger.stores import LEDGER_ERRORS, Ledger, SyncLedger
 
 __all__ = [
+    "LEDGER_ERRORS",
     "Event",
     "Job",
     "Ledger",
@@ -81,6 +83,7 @@ __all__ = [
     "op_jobs_in_states",
     "op_oldest_queued",
     "op_prune",
+    "op_record_answer",
     "op_record_dead_message",
     "op_record_event",
     "op_replay",

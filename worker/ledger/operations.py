@@ -69,10 +69,24 @@ _CLAIM_QUEUED_AND_START = (
     )
     .returning(*jobs.c)
 )
+# A holder whose lease expired while `sending` had started an attempt whose answer nobody recorded: its effect
+# is unknown from now on (SET sees the row as it was).
+_UNANSWERED_ATTEMPT = sa.case(
+    (
+        sa.and_(jobs.c.state == State.SENDING, jobs.c.attempts > 0),
+        "attempt " + sa.cast(jobs.c.attempts, sa.Text) + " got no recorded answer before its worker's lease expired",
+    ),
+)
 _CLAIM_ORPHAN = (
     jobs.update()
     .where(jobs.c.id == _bp("p_id"), jobs.c.state.in_(State.HELD), jobs.c.lease_until < _bp("p_now"))
-    .values(state=State.SENDING, worker=_bp("p_worker"), lease_until=_bp("p_lease"), updated_at=_bp("p_now"))
+    .values(
+        state=State.SENDING,
+        worker=_bp("p_worker"),
+        lease_until=_bp("p_lease"),
+        updated_at=_bp("p_now"),
+        effect_unknown=sa.func.coalesce(jobs.c.effect_unknown, _UNANSWERED_ATTEMPT),
+    )
     .returning(*jobs.c)
 )
 _START_ATTEMPT = (
@@ -103,6 +117,7 @@ _TRANSITION_VALUES = {
     "accepted_at": sa.func.coalesce(_bp("p_accepted_at", type_=sa.Float), jobs.c.accepted_at),
     "reason": _bp("p_reason", type_=sa.Text),
     "settled_at": sa.func.coalesce(_bp("p_settled_at", type_=sa.Float), jobs.c.settled_at),
+    "effect_unknown": sa.func.coalesce(jobs.c.effect_unknown, _bp("p_effect_unknown", type_=sa.Text)),
 }
 _TRANSITION = (
     jobs.update()
@@ -150,11 +165,14 @@ _DEFERRED_EVENTS = "acs_transfer_deferred_events"
 def _in_one_transaction(connection: Connection, calls: Sequence[Callable[[Connection], R]]) -> list[R]:
     """Run operations in the caller's transaction, writing all their history rows in one statement at the end."""
     events: list[dict[str, Any]] = []
-    connection.info[_DEFERRED_EVENTS] = events
+    # Taken once, while the connection is alive: the cleanup must not touch a connection that dropped (that
+    # raises PendingRollbackError over the real disconnect, which callers would not know to retry).
+    info = connection.info
+    info[_DEFERRED_EVENTS] = events
     try:
         results = [call(connection) for call in calls]
     finally:
-        del connection.info[_DEFERRED_EVENTS]
+        info.pop(_DEFERRED_EVENTS, None)
     if events:
         connection.execute(_INSERT_EVENT, events)
     return results
@@ -306,10 +324,12 @@ def op_transition(
     error: str | None = None,
     message: str | None = None,
     detail: str | None = None,
+    effect_unknown: str | None = None,
 ) -> Job | None:
     """Move a job from `from_state` to `to_state`, only if it is still there (and held by `worker`, if given).
     The last answer (status, error, message) is kept unless new values are given; `detail` says why the job
-    is where it is now and is kept as its reason."""
+    is where it is now and is kept as its reason. `effect_unknown` names an answer that left the attempt's
+    effect unknown (the first one is kept)."""
     params = {
         "p_id": job_id,
         "p_from": from_state,
@@ -323,6 +343,7 @@ def op_transition(
         "p_accepted_at": now if to_state == State.ACCEPTED else None,
         "p_reason": detail or message,
         "p_settled_at": now if to_state in State.FINAL else None,
+        "p_effect_unknown": effect_unknown,
     }
     row = connection.execute(_TRANSITION if worker is None else _TRANSITION_HELD, params).first()
     if row is None:
@@ -330,6 +351,68 @@ def op_transition(
     job = Job.from_row(row)
     _event(connection, job_id, now, from_state, to_state, job.attempts, status, detail or message)
     return job
+
+
+_SELECT_JOB_FOR_ANSWER = (
+    sa.select(jobs).where(jobs.c.id == _bp("p_id"), jobs.c.request_id == _bp("p_request_id")).with_for_update()
+)
+#: states a definite answer may still settle: held (by its worker, or by another after that one stalled past its
+#: lease), or given up on as unknown or dead. Never accepted or final.
+_ANSWERABLE = (*State.HELD, State.UNKNOWN, State.DEAD)
+
+
+def op_record_answer(
+    connection: Connection,
+    job_id: str,
+    request_id: str,
+    worker: str,
+    to_state: str,
+    now: float,
+    *,
+    status: int | None,
+    error: str | None,
+    message: str,
+    detail: str,
+) -> tuple[Job, str | None] | None:
+    """Write a definite answer (202: accepted, 4xx: failed) to the job's own request: (the job, the state it
+    left, or None when it stayed), or None when there is no such job.
+
+    What ACS answered is true whoever holds the job now: it settles a job another worker took over after this
+    one stalled past its lease, and an unknown or dead job; an accepted or final job keeps its state. A 4xx after
+    an attempt whose effect is unknown proves nothing (ACS executes a request again after a 5xx, and a call that
+    already moved answers 404): the job becomes unknown with both answers in its reason (an unknown or dead job
+    stays as it is, the answer added to its history)."""
+    row = connection.execute(_SELECT_JOB_FOR_ANSWER, {"p_id": job_id, "p_request_id": request_id}).first()
+    if row is None:
+        return None
+    job = Job.from_row(row)
+    if job.state not in _ANSWERABLE:
+        return job, None
+    state, why = to_state, detail
+    if to_state == State.FAILED and job.effect_unknown is not None:
+        state = State.UNKNOWN
+        why = (
+            f"{message} after an earlier attempt whose effect is unknown ({job.effect_unknown}): ACS executes a "
+            "request again after a 5xx, so the transfer may have happened; an outcome event settles it"
+        )
+        if job.state in (State.UNKNOWN, State.DEAD):
+            _event(connection, job_id, now, job.state, job.state, job.attempts, status, why)
+            return job, None
+    if job.state not in State.HELD or job.worker != worker:
+        holder = f" held by {job.worker}" if job.state in State.HELD else ""
+        why = f"{why}; the answer reached {worker} after the job was {job.state}{holder}"
+    moved = op_transition(
+        connection, job_id, None, job.state, state, now, status=status, error=error, message=message, detail=why
+    )
+    if moved is None:
+        return job, None
+    if moved.settled_at is not None and state not in State.FINAL:
+        # A dead job accepted after all: it is waiting for its outcome again, not settled.
+        row = connection.execute(
+            jobs.update().where(jobs.c.id == job_id).values(settled_at=None).returning(*jobs.c)
+        ).one()
+        moved = Job.from_row(row)
+    return moved, job.state
 
 
 def op_extend_lease(

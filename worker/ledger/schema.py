@@ -62,6 +62,9 @@ jobs = sa.Table(
     sa.Column("last_error", sa.String(200)),
     sa.Column("last_message", sa.Text),
     sa.Column("reason", sa.Text),
+    # The first answer (or takeover) that left an attempt's effect unknown; NULL while every answer was definite.
+    # A later 4xx then proves nothing (ACS executes a request again after a 5xx): the job becomes unknown.
+    sa.Column("effect_unknown", sa.Text),
     # What ACS reported in the outcome event (resultInformation), and when the job reached a final state.
     sa.Column("operation_context", sa.Text),
     sa.Column("result_code", sa.Integer),
@@ -150,6 +153,7 @@ class Job:
     last_error: str | None
     last_message: str | None
     reason: str | None
+    effect_unknown: str | None
     operation_context: str | None
     result_code: int | None
     result_subcode: int | None
