@@ -811,7 +811,7 @@ def _counts(monitor: SyncLedger) -> Counter[str]:
 
 
 def _pending_events(emulator_url: str) -> int:
-    return int(_http_json(f"{emulator_url}/_emulator/callbacks?call=-")["pending"])
+    return int(_http_json(f"{emulator_url}/_emulator/callbacks?deliveries=false")["pending"])
 
 
 def run_chaos(config: ChaosConfig, out: Callable[[str], None] = print) -> ChaosResult:
@@ -1008,13 +1008,17 @@ def _truth(emulator_url: str) -> dict[str, CallTruth]:
     for entry in transfers["failedTransfers"]:
         of(entry["callConnectionId"]).failed.add(entry["requestId"])
     del transfers
-    callbacks = _http_json(f"{emulator_url}/_emulator/callbacks")
-    for entry in callbacks["dropped"]:
+    for entry in _http_json(f"{emulator_url}/_emulator/callbacks?deliveries=false")["dropped"]:
         of(entry["callConnectionId"]).never_posted.add(entry["requestId"])
-    for entry in callbacks["deliveries"]:
-        if entry["status"] is not None and 200 <= entry["status"] < 300:
-            of(entry["callConnectionId"]).delivered.setdefault(entry["requestId"], set()).add(entry["type"])
     return by_call
+
+
+def _add_deliveries(emulator_url: str, call: str, truth: CallTruth) -> None:
+    """The events delivered for one call, fetched only for the few jobs whose verdict depends on them."""
+    query = urllib.parse.urlencode({"call": call})
+    for entry in _http_json(f"{emulator_url}/_emulator/callbacks?{query}")["deliveries"]:
+        if entry["status"] is not None and 200 <= entry["status"] < 300:
+            truth.delivered.setdefault(entry["requestId"], set()).add(entry["type"])
 
 
 def _definite_job_ids(connection: sa.Connection) -> set[str]:
@@ -1092,16 +1096,16 @@ def _audit(monitor: SyncLedger, emulator_url: str, config: ChaosConfig, result: 
             if row.settled_at is not None:
                 final_ms.append((row.settled_at - row.created_at) * 1000)
             if group and group[0].call != facts.call:
-                _judge(group, truth, verdict, result, seen_calls)
+                _judge(group, truth, emulator_url, verdict, result, seen_calls)
                 group = []
             group.append(facts)
         if group:
-            _judge(group, truth, verdict, result, seen_calls)
+            _judge(group, truth, emulator_url, verdict, result, seen_calls)
         for finding in _examples(verdict.wrong, per_reason=True) + verdict.lost[:EXAMPLES] + verdict.doubled[:EXAMPLES]:
             finding.history = _history(connection, finding.job_id) + _emulator_history(emulator_url, finding.call)
     missing = [call_name(config.seed, i) for i in range(config.jobs) if call_name(config.seed, i) not in seen_calls]
     verdict.lost += [Finding("-", call, "no job in the ledger") for call in missing]
-    for call in set(truth) - seen_calls:
+    for call in set(truth) - seen_calls:  # judged calls were taken out
         if truth[call].total:
             verdict.doubled.append(Finding("-", call, "took effect but no job names the call"))
     for name in Verdict.__dataclass_fields__:
@@ -1112,12 +1116,24 @@ def _audit(monitor: SyncLedger, emulator_url: str, config: ChaosConfig, result: 
     result.p95_final_ms = _percentile(final_ms, 0.95)
 
 
+def _verdict_needs_deliveries(job: JobFacts, truth: CallTruth) -> bool:
+    moved = truth.effects.get(job.request_id, 0) > 0
+    return job.state in (State.ACCEPTED, State.DEAD) or (moved and job.state != State.TRANSFERRED)
+
+
 def _judge(
-    group: list[JobFacts], truth: dict[str, CallTruth], verdict: Verdict, result: ChaosResult, seen: set[str]
+    group: list[JobFacts],
+    truth: dict[str, CallTruth],
+    emulator_url: str,
+    verdict: Verdict,
+    result: ChaosResult,
+    seen: set[str],
 ) -> None:
     call = group[0].call
     seen.add(call)
-    call_truth = truth.get(call, CallTruth())
+    call_truth = truth.pop(call, CallTruth())
+    if any(_verdict_needs_deliveries(job, call_truth) for job in group):
+        _add_deliveries(emulator_url, call, call_truth)
     result.effects[call_truth.total] += 1
     verdict.add(judge_call(call, group, call_truth))
 

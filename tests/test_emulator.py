@@ -847,6 +847,8 @@ async def test_late_duplicated_and_dropped_events(
         }
     ]
     assert listed["pending"] == 0
+    summary = (await control(session, emu, "GET", "callbacks?deliveries=false")).body
+    assert (summary["deliveries"], len(summary["dropped"]), summary["pending"]) == ([], 1, 0)
 
 
 def test_event_fates_follow_the_seed_per_transfer_whatever_the_order() -> None:

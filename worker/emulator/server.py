@@ -286,10 +286,12 @@ async def _openid_configuration(request: web.Request) -> web.Response:
 
 
 async def _callbacks(request: web.Request) -> web.Response:
-    """Deliveries and dropped events (``?call=ID``: of one call only), and how many are still pending."""
+    """Deliveries and dropped events (``?call=ID``: of one call only; ``?deliveries=false``: no deliveries), and
+    how many are still pending."""
     sender = request.app[STATE].callbacks
     call = request.query.get("call")
-    deliveries = [d.to_json() for d in sender.deliveries if call is None or d.call_connection_id == call]
+    listed = sender.deliveries if request.query.get("deliveries") != "false" else []
+    deliveries = [d.to_json() for d in listed if call is None or d.call_connection_id == call]
     dropped = [event for event in sender.dropped if call is None or event["callConnectionId"] == call]
     return web.json_response({"deliveries": deliveries, "dropped": dropped, "pending": sender.pending})
 
