@@ -865,6 +865,27 @@ def test_event_fates_follow_the_seed_per_transfer_whatever_the_order() -> None:
     assert fates(transfers, 8) != forward
     assert {fate.failed for fate in forward.values()} == {True, False}
     assert {fate.dropped for fate in forward.values()} == {True, False}
+    # Executed again (after a 5xx), a transfer that failed fails again; how its event travels is drawn anew.
+    sender = CallbackSender(SIGNER)
+    sender.reseed(7)
+    again = {(call, rid): sender.decide(plan, call, rid, 2) for call, rid in transfers}
+    assert all(again[key].failed == forward[key].failed for key in transfers)
+    assert any(again[key] != forward[key] for key in transfers)
+
+
+async def test_drop_answered_only_keeps_the_event_of_a_transfer_whose_answer_was_lost(
+    emu: Emulator, session: aiohttp.ClientSession, receiver: tuple[str, list[Received]]
+) -> None:
+    """So a harness never meets a transfer nobody can know about: no answer and no event."""
+    url, got = receiver
+    callbacks = {"drop_rate": 1.0, "drop_answered_only": True}
+    set_plan(emu, callbacks=callbacks, script=[{"kind": "status", "status": 503, "stage": "after_5xx"}])
+    assert (await post(session, emu, with_callback(url), headers=repeat())).status == 503
+    await wait_for_events(got, 1)
+    assert (await post(session, emu, with_callback(url, "call-2"), call="call-2", headers=repeat())).status == 202
+    await asyncio.sleep(0.2)
+    assert len(got) == 1
+    assert [event["callConnectionId"] for event in emu.state.callbacks.dropped] == ["call-2"]
 
 
 async def test_answer_fault_on_a_request_that_is_not_executed_is_not_applied(

@@ -150,13 +150,22 @@ class CallbackSender:
         self._seed = seed
         self._random = random.Random(seed)
 
-    def decide(self, plan: CallbackPlan, call_connection_id: str, request_id: str | None, execution: int) -> EventFate:
-        """The fate of one execution's outcome; seeded per transfer, so arrival order does not change it."""
-        rng = self._random
+    def decide(
+        self,
+        plan: CallbackPlan,
+        call_connection_id: str,
+        request_id: str | None,
+        execution: int,
+        answer_hidden: bool = False,
+    ) -> EventFate:
+        """The fate of one execution's outcome; seeded per transfer, so arrival order does not change it.
+        Whether the transfer fails is drawn per request id (executed again, it fails again)."""
+        rng = fails = self._random
         if self._seed is not None:
             rng = random.Random(f"{self._seed}/{call_connection_id}/{request_id}/{execution}")
-        failed = rng.random() < plan.fail_rate or call_connection_id in plan.fail_calls
-        dropped = rng.random() < plan.drop_rate
+            fails = random.Random(f"{self._seed}/{call_connection_id}/{request_id}")
+        failed = fails.random() < plan.fail_rate or call_connection_id in plan.fail_calls
+        dropped = rng.random() < plan.drop_rate and not (answer_hidden and plan.drop_answered_only)
         early = rng.random() < plan.early_rate
         late = rng.random() < plan.late_rate
         copies = 2 if rng.random() < plan.duplicate_rate else 1

@@ -8,7 +8,7 @@ JSON form (``PUT /_emulator/faults``; every key optional)::
      "random":  {"rate": 0.1, "faults": [FAULT, ...]}, # otherwise, with probability rate, one at random
      "callbacks": {"fail_rate": 0.1, "fail_calls": ["call-7"], "failure": {"code": 487, "subCode": 0,
                    "message": "..."}, "delay_ms": 20, "duplicate_rate": 0.05, "drop_rate": 0.0,
-                   "early_rate": 0.05, "late_rate": 0.05, "late_ms": 20000}}
+                   "early_rate": 0.05, "late_rate": 0.05, "late_ms": 20000, "drop_answered_only": false}}
                                                    # outcome events of each executed transfer
 
     FAULT = {"kind": "status", "status": 503, "stage": "before"|"after"|"after_5xx"|"answer",
@@ -27,8 +27,10 @@ again and meets a call that has moved, 404 "call not found"; ``answer`` ACS answ
 Outcome events: a transfer fails (``CallTransferFailed``, the call does not move) for ``fail_calls`` and with
 probability ``fail_rate``; its event is posted after ``delay_ms``, or, with ``late_rate``, after up to
 ``late_ms``; with ``early_rate`` it is delivered before the 202 is answered; ``duplicate_rate`` posts it twice
-and ``drop_rate`` never. With a ``seed`` each of these is drawn per call, request id and execution, so a run
-decides the same for the same transfer whatever order requests arrive in.
+and ``drop_rate`` never (with ``drop_answered_only``, only the events of transfers whose 202 went out unhidden
+are dropped, so every transfer whose answer was lost still has its event). With a ``seed`` each of these is
+drawn per call, request id and execution (whether the transfer fails: per call and request id, so executing it
+again fails it again), and a run decides the same for the same transfer whatever order requests arrive in.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ _FAULT_KEYS: dict[str, frozenset[str]] = {
 }
 _PLAN_KEYS = frozenset({"latency_ms", "seed", "script", "by_call", "random", "callbacks"})
 _CALLBACK_RATES = ("fail_rate", "duplicate_rate", "drop_rate", "early_rate", "late_rate")
-_CALLBACK_KEYS = frozenset({*_CALLBACK_RATES, "fail_calls", "failure", "delay_ms", "late_ms"})
+_CALLBACK_KEYS = frozenset({*_CALLBACK_RATES, "fail_calls", "failure", "delay_ms", "late_ms", "drop_answered_only"})
 _DEFAULT_FAILURE = {"code": 487, "subCode": 0, "message": "The transfer target did not answer."}
 
 
@@ -200,8 +202,11 @@ class CallbackPlan:
     early_rate: float = 0.0
     late_rate: float = 0.0
     late_ms: float = 0.0
+    drop_answered_only: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.drop_answered_only, bool):
+            raise FaultPlanError("callbacks.drop_answered_only", "must be true or false")
         for name in _CALLBACK_RATES:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
@@ -218,7 +223,7 @@ class CallbackPlan:
     def __hash__(self) -> int:
         rates = tuple(getattr(self, name) for name in _CALLBACK_RATES)
         failure = tuple(sorted(self.failure.items(), key=str))
-        return hash((*rates, self.fail_calls, self.delay_ms, self.late_ms, failure))
+        return hash((*rates, self.fail_calls, self.delay_ms, self.late_ms, self.drop_answered_only, failure))
 
     @classmethod
     def from_json(cls, data: object) -> CallbackPlan:
@@ -247,6 +252,7 @@ class CallbackPlan:
             early_rate=data.get("early_rate", 0.0),
             late_rate=data.get("late_rate", 0.0),
             late_ms=data.get("late_ms", 0.0),
+            drop_answered_only=data.get("drop_answered_only", False),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -260,6 +266,7 @@ class CallbackPlan:
             "early_rate": self.early_rate,
             "late_rate": self.late_rate,
             "late_ms": self.late_ms,
+            "drop_answered_only": self.drop_answered_only,
         }
 
 

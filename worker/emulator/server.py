@@ -229,7 +229,8 @@ async def _execute(
         assert fault.status is not None
         answer = acs_error(fault.status, f"emulated fault: ACS answered {fault.status}", headers=fault.retry_headers())
     else:
-        answer = await _transfer_call(state, call_connection_id, request_id, body, record)
+        hidden = fault is not None and fault.stage in ("after", "after_5xx")
+        answer = await _transfer_call(state, call_connection_id, request_id, body, record, hidden)
         transferred = True
         if fault is not None and fault.stage == "after_5xx":
             status = fault.status or 500
@@ -241,11 +242,17 @@ async def _execute(
 
 
 async def _transfer_call(
-    state: EmulatorState, call_connection_id: str, request_id: str | None, body: dict[str, Any], record: Record | None
+    state: EmulatorState,
+    call_connection_id: str,
+    request_id: str | None,
+    body: dict[str, Any],
+    record: Record | None,
+    answer_hidden: bool,
 ) -> Answer:
     """Move the call (or fail to: ``CallTransferFailed``), schedule its outcome event, and answer 202."""
     plan = state.fault_plan.callbacks
-    fate = state.callbacks.decide(plan, call_connection_id, request_id, record.executions if record else 0)
+    execution = record.executions if record else 0
+    fate = state.callbacks.decide(plan, call_connection_id, request_id, execution, answer_hidden)
     if fate.failed:
         state.effects.record_failed(call_connection_id, request_id)
     else:
