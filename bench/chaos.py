@@ -470,7 +470,7 @@ CALLBACKS = {
     "fail_rate": 0.05,
     "duplicate_rate": 0.05,
     "drop_rate": 0.01,
-    "delay_ms": 50,
+    "delay_ms": 300,  # after most retries of a hidden answer: what the worker makes of the retry is tested
     "early_rate": 0.03,
     "late_rate": 0.05,
     "late_ms": 8000,
@@ -966,7 +966,7 @@ def _strike(
     elif kind == "ledger connection kill":
         killed = cluster.kill_ledger_connections(monitor)
         result.injected["ledger connection kill (pg_terminate_backend)"] += 1
-        result.injected["  worker backends terminated"] += killed
+        result.injected["ledger connection kill: worker backends terminated"] += killed
         say(f"ledger connections of the workers killed: {killed} backend(s) terminated")
     else:
         _http_json(

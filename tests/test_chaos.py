@@ -55,6 +55,9 @@ def test_a_short_chaos_run_loses_nothing_and_doubles_nothing(broker: str, tmp_pa
     assert result.injected[f"{broker} restart"] == 1, report
     assert result.injected["ledger database pause"] == 1, report
     assert result.injected["ledger connection kill (pg_terminate_backend)"] == 1, report
+    assert result.injected["ledger connection kill: worker backends terminated"] >= 1, report
+    assert result.injected["emulator phase: ACS outage"] == 1, report
+    assert result.replayed >= 1, report  # the outage's dead jobs, replayed while events still arrive
     emulator_faults = [kind for kind in result.injected if kind.startswith("emulator ") and "phase" not in kind]
     assert len(emulator_faults) >= 8, report
     assert any("after_5xx" in kind for kind in emulator_faults), report
