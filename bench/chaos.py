@@ -174,6 +174,9 @@ class ChaosResult:
     accepted_event_never_posted: list[Finding] = field(default_factory=list)
     #: dead without effect, no attempt ever got a definite answer
     dead_unanswered: list[Finding] = field(default_factory=list)
+    #: the duration limit struck first: the run is incomplete (and not OK), these jobs were never fed
+    timed_out: bool = False
+    not_fed: int = 0
     replayed: int = 0
     replay_warnings: int = 0
     retried: int = 0
@@ -190,7 +193,7 @@ class ChaosResult:
 
     @property
     def ok(self) -> bool:
-        return not (self.lost or self.doubled or self.wrong or self.unexplained)
+        return not (self.lost or self.doubled or self.wrong or self.unexplained or self.timed_out)
 
     def wrong_by_reason(self) -> Counter[str]:
         """Wrong outcomes grouped by the first clause of their reason (one bug, one line)."""
@@ -217,6 +220,7 @@ class ChaosResult:
             *((f"calls that took effect {n}x", str(count)) for n, count in sorted(self.effects.items())),
             ("accepted, outcome event never posted (counted apart)", str(len(self.accepted_event_never_posted))),
             ("dead, no attempt got a definite answer (counted apart)", str(len(self.dead_unanswered))),
+            ("duration limit reached: jobs never fed", str(self.not_fed) if self.timed_out else "no"),
             ("lost", str(len(self.lost))),
             ("doubled", str(len(self.doubled))),
             ("wrong", str(len(self.wrong))),
@@ -265,6 +269,8 @@ class ChaosResult:
             "unexplained": listed(self.unexplained),
             "accepted_event_never_posted": len(self.accepted_event_never_posted),
             "dead_unanswered": listed(self.dead_unanswered),
+            "timed_out": self.timed_out,
+            "not_fed": self.not_fed,
             "replayed": self.replayed,
             "replay_warnings": self.replay_warnings,
             "retried": self.retried,
@@ -905,11 +911,12 @@ def run_chaos(config: ChaosConfig, out: Callable[[str], None] = print) -> ChaosR
                 quiet_since = (quiet_since or now) if done else None
                 time.sleep(0.5)
             else:
+                result.timed_out = True
                 say("duration limit reached: auditing what there is")
             feeder.halt.set()
             result.enqueue_retries = feeder.retries
             say("auditing every job against the emulator's record")
-            _audit(monitor, cluster.emulator_url, config, result)
+            _audit(monitor, cluster.emulator_url, config, result, feeder.enqueued)
         finally:
             monitor.close()
     finally:
@@ -1006,7 +1013,7 @@ def _truth(emulator_url: str) -> dict[str, CallTruth]:
     def of(call: str) -> CallTruth:
         return by_call.setdefault(call, CallTruth())
 
-    transfers = _http_json(f"{emulator_url}/_emulator/transfers")
+    transfers = _http_json(f"{emulator_url}/_emulator/transfers?bodies=false")
     for entry in transfers["transfers"]:
         of(entry["callConnectionId"]).effects[entry["requestId"]] = int(entry["effects"])
     for entry in transfers["failedTransfers"]:
@@ -1060,7 +1067,7 @@ def _emulator_history(emulator_url: str, call: str) -> list[str]:
     return lines
 
 
-def _audit(monitor: SyncLedger, emulator_url: str, config: ChaosConfig, result: ChaosResult) -> None:
+def _audit(monitor: SyncLedger, emulator_url: str, config: ChaosConfig, result: ChaosResult, fed: int) -> None:
     truth = _truth(emulator_url)
     requests = _http_json(f"{emulator_url}/_emulator/requests?call=-")
     result.requests = int(requests["total"])
@@ -1107,8 +1114,14 @@ def _audit(monitor: SyncLedger, emulator_url: str, config: ChaosConfig, result: 
             _judge(group, truth, emulator_url, verdict, result, seen_calls)
         for finding in _examples(verdict.wrong, per_reason=True) + verdict.lost[:EXAMPLES] + verdict.doubled[:EXAMPLES]:
             finding.history = _history(connection, finding.job_id) + _emulator_history(emulator_url, finding.call)
-    missing = [call_name(config.seed, i) for i in range(config.jobs) if call_name(config.seed, i) not in seen_calls]
-    verdict.lost += [Finding("-", call, "no job in the ledger") for call in missing]
+    for index in range(config.jobs):
+        call = call_name(config.seed, index)
+        if call in seen_calls:
+            continue
+        if index < fed:
+            verdict.lost.append(Finding("-", call, "enqueued, yet no job in the ledger"))
+        else:
+            result.not_fed += 1
     for call in set(truth) - seen_calls:  # judged calls were taken out
         if truth[call].total:
             verdict.doubled.append(Finding("-", call, "took effect but no job names the call"))

@@ -694,6 +694,8 @@ async def test_a_5xx_after_the_effect_is_executed_again_and_meets_a_call_that_mo
     record = emu.state.repeatability.get(headers["Repeatability-Request-ID"])
     assert record is not None
     assert (record.executions, record.moved) == (2, True)
+    (transfer,) = (await control(session, emu, "GET", "transfers?bodies=false")).body["transfers"]
+    assert (transfer["effects"], "body" in transfer) == (1, False)
     log = (await control(session, emu, "GET", "requests")).body
     assert [entry["status"] for entry in log["requests"]] == [503, 404, 404]
     assert log["faultsApplied"] == {"503 after_5xx": 1}

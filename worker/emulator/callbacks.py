@@ -134,6 +134,7 @@ class CallbackSender:
     def __init__(self, signer: CallbackSigner) -> None:
         self.signer = signer
         self.deliveries: list[Delivery] = []
+        self._deliveries_by_call: dict[str, list[Delivery]] = {}
         #: events never posted on purpose (``drop_rate``): callConnectionId, requestId, type
         self.dropped: list[dict[str, Any]] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -205,6 +206,7 @@ class CallbackSender:
             call = event["data"]["callConnectionId"]
             delivery = Delivery(time.time(), url, event["id"], event["type"], call, request_id)
             self.deliveries.append(delivery)
+            self._deliveries_by_call.setdefault(call, []).append(delivery)
             headers = {"Authorization": f"Bearer {self.signer.token()}", "Content-Type": "application/json"}
             try:
                 async with self._session.post(url, data=json.dumps([event]), headers=headers) as response:
@@ -220,6 +222,10 @@ class CallbackSender:
         if self._session is not None:
             await self._session.close()
 
+    def deliveries_for(self, call_connection_id: str) -> list[Delivery]:
+        return self._deliveries_by_call.get(call_connection_id, [])
+
     def clear(self) -> None:
         self.deliveries.clear()
+        self._deliveries_by_call.clear()
         self.dropped.clear()

@@ -29,8 +29,8 @@ class TransferEffect:
     def last_effect_at(self) -> float:
         return self.effect_times[-1]
 
-    def to_json(self) -> dict[str, Any]:
-        return {
+    def to_json(self, body: bool = True) -> dict[str, Any]:
+        out = {
             "callConnectionId": self.call_connection_id,
             "requestId": self.request_id,
             "body": self.body,
@@ -38,6 +38,9 @@ class TransferEffect:
             "firstEffectAt": self.first_effect_at,
             "lastEffectAt": self.last_effect_at,
         }
+        if not body:
+            del out["body"]
+        return out
 
 
 class EffectsLedger:
@@ -87,9 +90,10 @@ class EffectsLedger:
     def calls_with_more_than_one_effect(self) -> list[str]:
         return [call for call, count in self._by_call.items() if count > 1]
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, bodies: bool = True) -> dict[str, Any]:
+        """Everything; without `bodies` the transfers leave out their request bodies (a large run's audit)."""
         return {
-            "transfers": [entry.to_json() for entry in self._transfers.values()],
+            "transfers": [entry.to_json(bodies) for entry in self._transfers.values()],
             "totalEffects": self.total_effects,
             "effectsByCall": dict(self._by_call),
             "callsWithMoreThanOneEffect": self.calls_with_more_than_one_effect(),

@@ -24,6 +24,7 @@ from aiohttp import web
 
 from worker.emulator.answers import Answer, acs_error
 from worker.emulator.auth import authenticate
+from worker.emulator.callbacks import Delivery
 from worker.emulator.config import EmulatorConfig
 from worker.emulator.faults import Fault, FaultPlan, FaultPlanError
 from worker.emulator.repeatability import (
@@ -297,8 +298,11 @@ async def _callbacks(request: web.Request) -> web.Response:
     how many are still pending."""
     sender = request.app[STATE].callbacks
     call = request.query.get("call")
-    listed = sender.deliveries if request.query.get("deliveries") != "false" else []
-    deliveries = [d.to_json() for d in listed if call is None or d.call_connection_id == call]
+    if request.query.get("deliveries") == "false":
+        listed: list[Delivery] = []
+    else:
+        listed = sender.deliveries if call is None else sender.deliveries_for(call)
+    deliveries = [delivery.to_json() for delivery in listed]
     dropped = [event for event in sender.dropped if call is None or event["callConnectionId"] == call]
     return web.json_response({"deliveries": deliveries, "dropped": dropped, "pending": sender.pending})
 
@@ -312,7 +316,8 @@ async def _health(request: web.Request) -> web.Response:
 
 
 async def _transfers(request: web.Request) -> web.Response:
-    return web.json_response(request.app[STATE].effects.to_json())
+    bodies = request.query.get("bodies") != "false"
+    return web.json_response(request.app[STATE].effects.to_json(bodies))
 
 
 async def _requests(request: web.Request) -> web.Response:
