@@ -1006,22 +1006,32 @@ def _has_unreplayed_dead(monitor: SyncLedger) -> bool:
 # --- the audit, against the emulator's record ------------------------------------------------------------
 
 
-def _truth(emulator_url: str) -> dict[str, CallTruth]:
-    """The emulator's record, per call: effects, failed transfers, events dropped and delivered."""
-    by_call: dict[str, CallTruth] = {}
+@dataclass
+class RunTruth:
+    """The emulator's record for the whole run, kept lean (a 100,000-job audit holds it all): effects per
+    call; failed transfers and events never posted by request id (request ids are unique across calls)."""
 
-    def of(call: str) -> CallTruth:
-        return by_call.setdefault(call, CallTruth())
+    effects: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    failed: set[str] = field(default_factory=set)
+    never_posted: set[str] = field(default_factory=set)
 
+    def take(self, call: str) -> CallTruth:
+        """One call's truth; the call is taken out, so what is left at the end no job named."""
+        effects = dict(self.effects.pop(call, []))
+        return CallTruth(effects=effects, failed=self.failed, never_posted=self.never_posted)
+
+
+def _truth(emulator_url: str) -> RunTruth:
+    """The emulator's record: effects, failed transfers, events never posted (deliveries come per call)."""
+    truth = RunTruth()
     transfers = _http_json(f"{emulator_url}/_emulator/transfers?bodies=false")
     for entry in transfers["transfers"]:
-        of(entry["callConnectionId"]).effects[entry["requestId"]] = int(entry["effects"])
-    for entry in transfers["failedTransfers"]:
-        of(entry["callConnectionId"]).failed.add(entry["requestId"])
+        truth.effects.setdefault(entry["callConnectionId"], []).append((entry["requestId"], int(entry["effects"])))
+    truth.failed = {entry["requestId"] for entry in transfers["failedTransfers"]}
     del transfers
-    for entry in _http_json(f"{emulator_url}/_emulator/callbacks?deliveries=false")["dropped"]:
-        of(entry["callConnectionId"]).never_posted.add(entry["requestId"])
-    return by_call
+    dropped = _http_json(f"{emulator_url}/_emulator/callbacks?deliveries=false")["dropped"]
+    truth.never_posted = {entry["requestId"] for entry in dropped}
+    return truth
 
 
 def _add_deliveries(emulator_url: str, call: str, truth: CallTruth) -> None:
@@ -1073,9 +1083,8 @@ def _audit(monitor: SyncLedger, emulator_url: str, config: ChaosConfig, result: 
     result.requests = int(requests["total"])
     for what, count in requests["faultsApplied"].items():
         result.injected[f"emulator {what}"] += count
-    for call_truth in truth.values():
-        result.injected["emulator transfer failed (CallTransferFailed)"] += len(call_truth.failed)
-        result.injected["emulator outcome event never posted"] += len(call_truth.never_posted)
+    result.injected["emulator transfer failed (CallTransferFailed)"] += len(truth.failed)
+    result.injected["emulator outcome event never posted"] += len(truth.never_posted)
     verdict = Verdict()
     accepted_ms: list[float] = []
     final_ms: list[float] = []
@@ -1122,8 +1131,8 @@ def _audit(monitor: SyncLedger, emulator_url: str, config: ChaosConfig, result: 
             verdict.lost.append(Finding("-", call, "enqueued, yet no job in the ledger"))
         else:
             result.not_fed += 1
-    for call in set(truth) - seen_calls:  # judged calls were taken out
-        if truth[call].total:
+    for call, effects in truth.effects.items():  # judged calls were taken out
+        if any(count for _, count in effects):
             verdict.doubled.append(Finding("-", call, "took effect but no job names the call"))
     for name in Verdict.__dataclass_fields__:
         getattr(result, name).extend(getattr(verdict, name))
@@ -1140,7 +1149,7 @@ def _verdict_needs_deliveries(job: JobFacts, truth: CallTruth) -> bool:
 
 def _judge(
     group: list[JobFacts],
-    truth: dict[str, CallTruth],
+    truth: RunTruth,
     emulator_url: str,
     verdict: Verdict,
     result: ChaosResult,
@@ -1148,7 +1157,7 @@ def _judge(
 ) -> None:
     call = group[0].call
     seen.add(call)
-    call_truth = truth.pop(call, CallTruth())
+    call_truth = truth.take(call)
     if any(_verdict_needs_deliveries(job, call_truth) for job in group):
         _add_deliveries(emulator_url, call, call_truth)
     result.effects[call_truth.total] += 1
