@@ -6,7 +6,7 @@ Configured only from ``BENCH_*`` variables (set by the harness). Every task take
 ``call_connection_id``, and appends ``<id> <unix time> <status>`` to a file of its process under
 ``BENCH_DONE_DIR`` when it finishes, so the harness can tell when a run is over without asking the emulator.
 
-The broker side is the worker's own (`worker.broker.celery_config`: quorum queue, publisher confirms, late
+The broker side is the worker's own (`worker.queue.broker.celery_config`: quorum queue, publisher confirms, late
 acks, prefetch 2) without task events: the baselines differ from ours in what the task does, not in how the
 queue delivers.
 """
@@ -28,8 +28,8 @@ from azure.core.exceptions import HttpResponseError
 from celery import Celery, signals
 
 from bench.wire import BODY, TARGET, transfer_request
-from worker.broker import celery_config
 from worker.config import DEFAULT_API_VERSION, AcsCredentials, Settings
+from worker.queue.broker import celery_config
 
 NOOP, NAIVE, SDK = "bench.noop", "bench.naive", "bench.sdk"
 

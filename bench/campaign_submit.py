@@ -27,10 +27,10 @@ from pathlib import Path
 import kombu
 import psycopg
 
-from worker.broker import TASK_NAME, transfer_queue
-from worker.campaign import op_progress
 from worker.config import Settings
 from worker.ledger import SyncLedger, op_count_by_state
+from worker.ledger.campaign import op_progress
+from worker.queue.broker import TASK_NAME, transfer_queue
 
 POSTGRES_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 RABBITMQ_URL = os.environ.get("BENCH_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")

@@ -71,15 +71,15 @@ import structlog  # noqa: E402
 from services import PrivatePostgres, PrivateRabbitMQ, PrivateRedis  # noqa: E402
 
 from bench.support import group_pids  # noqa: E402
-from worker.campaign import op_save_campaign  # noqa: E402
 from worker.config import Settings  # noqa: E402
 from worker.emulator.config import DEFAULT_RESOURCE_ID  # noqa: E402
 from worker.errors import JobNotFound, ReplayRefused  # noqa: E402
 from worker.ledger import State, SyncLedger, job_events, jobs  # noqa: E402
+from worker.ledger.campaign import op_save_campaign  # noqa: E402
 from worker.logs import configure  # noqa: E402
 from worker.processes import child_env, free_port, kill, spawn_emulator, spawn_worker, stop, wait_for_http  # noqa: E402
-from worker.producer import Producer  # noqa: E402
-from worker.replay import replay  # noqa: E402
+from worker.produce.producer import Producer  # noqa: E402
+from worker.produce.replay import replay  # noqa: E402
 
 CAMPAIGN = "chaos"
 PACED_CAMPAIGN = "chaos-paced"

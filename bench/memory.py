@@ -29,11 +29,11 @@ if __package__ in {None, ""}:
 import kombu
 import psycopg
 
-from worker.broker import transfer_queue
 from worker.config import Settings
 from worker.ledger import State, op_count_by_state
 from worker.processes import child_env, free_port, new_access_key, spawn_emulator, spawn_worker, stop
-from worker.producer import Producer
+from worker.produce.producer import Producer
+from worker.queue.broker import transfer_queue
 
 POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"

@@ -8,12 +8,12 @@ RabbitMQ and fresh worker processes (and, for ``ours``, a fresh PostgreSQL datab
 
 - ``noop``  a Celery task that does nothing: the queue's own ceiling. "Done" is the task having run, stamped by
             the task itself (one append to a file); there is no 202.
-- ``naive`` a Celery task doing ``asyncio.run`` with a new aiohttp session per job, signing with worker.signing.
+- ``naive`` a Celery task doing ``asyncio.run`` with a new aiohttp session per job, signing with worker.acs.signing.
 - ``sdk``   a Celery task calling the official azure-communication-callautomation client.
 - ``raw``   no broker: plain aiohttp loops posting straight to the emulator with ours' concurrency (the HTTP
             ceiling). Its "enqueue" is the moment a request starts.
 - ``ours``  this project's worker (`celery -A worker worker`), ledger on PostgreSQL, enqueued with
-            `worker.producer.Producer`, end to end.
+            `worker.produce.producer.Producer`, end to end.
 
 A job's time is from just before its enqueue call to the emulator answering its first 202 (read from the
 emulator's request log); jobs/s is completed jobs over first enqueue to last 202. Each mode first runs a warm-up
@@ -71,11 +71,11 @@ from bench.support import (
     wait_until,
 )
 from bench.wire import TARGET
-from worker.broker import transfer_queue
 from worker.config import Settings
 from worker.ledger import State, op_count_by_state
 from worker.processes import child_env, free_port, new_access_key, spawn_emulator, spawn_worker, stop
-from worker.producer import Producer
+from worker.produce.producer import Producer
+from worker.queue.broker import transfer_queue
 
 MODES = ("noop", "naive", "sdk", "raw", "ours")
 TASKS = {"noop": NOOP, "naive": NAIVE, "sdk": SDK}

@@ -8,12 +8,12 @@ import uuid
 
 import yarl
 
-from worker import signing
-from worker.acs import transfer_path
+from worker.acs import signing
+from worker.acs.client import transfer_path
 from worker.config import DEFAULT_API_VERSION, AcsCredentials
 
 TARGET = "+15551234567"
-#: the exact body ours sends for `TARGET` (what `worker.models` renders for ``4:+15551234567``)
+#: the exact body ours sends for `TARGET` (what `worker.request.models` renders for ``4:+15551234567``)
 BODY = json.dumps(
     {"targetParticipant": {"kind": "phoneNumber", "rawId": f"4:{TARGET}", "phoneNumber": {"value": TARGET}}},
     separators=(",", ":"),

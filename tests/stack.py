@@ -21,13 +21,13 @@ import kombu
 import pytest
 from aiohttp import web
 
-from worker.broker import TASK_NAME, transfer_queue
 from worker.config import Settings
 from worker.emulator import Emulator, EmulatorConfig, start_emulator
 from worker.ledger import Job, State
 from worker.processes import child_env, free_port, spawn_worker, stop
-from worker.producer import Producer
-from worker.server import create_app
+from worker.produce.producer import Producer
+from worker.queue.broker import TASK_NAME, transfer_queue
+from worker.serve.server import create_app
 
 KEY = secrets.token_bytes(32)
 

@@ -26,15 +26,15 @@ from click.testing import CliRunner
 from services import PrivatePostgres
 from stack import KEY
 
-from worker.acs import AcsClient, Answer, Outcome, classify
+from worker.acs.client import AcsClient, Answer, Outcome, classify
 from worker.cli import main
 from worker.config import Settings
+from worker.deliver.transfer import Context, send_job
 from worker.emulator import Emulator
 from worker.ledger import Job, Ledger, State, SyncLedger, op_apply_outcome, op_claim, op_events, op_transition
 from worker.ledger import Outcome as EventOutcome
-from worker.models import parse_transfer
-from worker.producer import prepare_job
-from worker.transfer import Context, send_job
+from worker.request.job import prepare_job
+from worker.request.models import parse_transfer
 
 
 @pytest.fixture

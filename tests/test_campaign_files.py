@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from worker.campaign import check_name, parse_rate
-from worker.campaign_files import FileError, Row, detect_format, read_rows
-from worker.campaign_submit import idempotency_key
-from worker.models import parse_transfer
+from worker.ledger.campaign import check_name, parse_rate
+from worker.produce.campaign_files import FileError, Row, detect_format, read_rows
+from worker.produce.campaign_submit import idempotency_key
+from worker.request.models import parse_transfer
 
 HEADER = "callConnectionId,targetParticipant,operationContext\n"
 

@@ -19,16 +19,16 @@ import pytest
 from click.testing import CliRunner, Result
 from stack import Stack
 
-from worker.broker import TASK_NAME, transfer_queue
-from worker.bulk import BatchPublisher
-from worker.campaign import op_get_campaign, op_progress
-from worker.campaign_files import read_rows
-from worker.campaign_submit import RejectsFile, Submitter
-from worker.celery_app import create_app
 from worker.cli import main
 from worker.config import Settings
 from worker.ledger import State, SyncLedger, op_count_by_state
-from worker.publisher import Publisher
+from worker.ledger.campaign import op_get_campaign, op_progress
+from worker.produce.campaign_files import read_rows
+from worker.produce.campaign_submit import RejectsFile, Submitter
+from worker.queue.app import create_app
+from worker.queue.broker import TASK_NAME, transfer_queue
+from worker.queue.bulk import BatchPublisher
+from worker.queue.publisher import Publisher
 
 CAMPAIGN_CSV = (
     "ticket,callConnectionId,targetParticipant,operationContext,sip.X-MS-Custom-Ticket,voip.team\n"

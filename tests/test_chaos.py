@@ -17,8 +17,9 @@ import pytest
 from services import PrivateRedis
 from stack import Stack
 
-from worker.acs import Answer, Outcome, Reach
+from worker.acs.client import Answer, Outcome, Reach
 from worker.config import Settings
+from worker.deliver.transfer import Context, send_job
 from worker.ledger import (
     Ledger,
     State,
@@ -29,9 +30,8 @@ from worker.ledger import (
     op_start_attempt,
 )
 from worker.ledger import Outcome as EventOutcome
-from worker.models import parse_transfer
-from worker.producer import prepare_job
-from worker.transfer import Context, send_job
+from worker.request.job import prepare_job
+from worker.request.models import parse_transfer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.chaos import ACCEPTED_EVENT, CallTruth, ChaosConfig, JobFacts, Verdict, judge_call, run_chaos

@@ -25,6 +25,7 @@ from azure.communication.callautomation import CallAutomationClient, MicrosoftTe
 from azure.core.credentials import AzureKeyCredential
 from yarl import URL
 
+from worker.acs.signing import http_date, sign
 from worker.emulator import (
     Emulator,
     EmulatorConfig,
@@ -47,8 +48,7 @@ from worker.emulator.repeatability import (
     Replay,
     parse_headers,
 )
-from worker.models import encode_path_segment, parse_transfer
-from worker.signing import http_date, sign
+from worker.request.models import encode_path_segment, parse_transfer
 
 KEY = b"emulator-test-key: not a secret, only for these tests"
 B64_KEY = base64.b64encode(KEY).decode()

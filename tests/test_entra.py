@@ -28,16 +28,16 @@ from azure.identity.aio import ClientSecretCredential, WorkloadIdentityCredentia
 from click.testing import CliRunner
 from test_emulator import _self_signed_certificate
 
-from worker.acs import AcsClient, Outcome
+from worker.acs.client import AcsClient, Outcome
+from worker.acs.entra import SCOPE, AccessTokens, TokenUnavailable
 from worker.cli import main
 from worker.config import DEFAULT_API_VERSION, EntraIdEndpoint, Settings
 from worker.emulator import Emulator, EmulatorConfig, FaultPlan, start_emulator
 from worker.emulator.entra import AUDIENCE, DEFAULT_TENANT, REVOKED, EntraConfig, EntraIssuer
-from worker.entra import SCOPE, AccessTokens, TokenUnavailable
 from worker.errors import ConfigError
 from worker.ledger import Job, State
 from worker.processes import child_env, free_port, spawn_worker, stop
-from worker.producer import Producer
+from worker.produce.producer import Producer
 
 KEY = b"k" * 32
 CLIENT_ID = "acs-transfer-test-app"

@@ -28,10 +28,10 @@ from hypothesis import strategies as st
 from worker.config import Settings
 from worker.emulator import Emulator, EmulatorConfig, start_emulator
 from worker.ledger import State, SyncLedger, op_claim, op_transition
-from worker.models import parse_transfer
 from worker.processes import free_port
-from worker.producer import prepare_job
-from worker.server import create_app
+from worker.request.job import prepare_job
+from worker.request.models import parse_transfer
+from worker.serve.server import create_app
 
 FUZZ = settings(
     max_examples=200,

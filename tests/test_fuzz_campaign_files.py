@@ -14,9 +14,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from worker.campaign_files import WIRE_COLUMNS, FileError, Row, read_rows
 from worker.errors import ValidationError
-from worker.models import parse_transfer
+from worker.produce.campaign_files import WIRE_COLUMNS, FileError, Row, read_rows
+from worker.request.models import parse_transfer
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -24,15 +24,15 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from stack import Stack, celery_message
 
-from worker import consumer
-from worker.acs import Answer, Outcome, Reach
-from worker.broker import TASK_NAME, transfer_queue
+from worker.acs.client import Answer, Outcome, Reach
 from worker.config import Settings
+from worker.deliver import consumer
+from worker.deliver.messages import handle_message
+from worker.deliver.transfer import Context
 from worker.ledger import Ledger, State, SyncLedger, op_dead_messages
-from worker.messages import handle_message
-from worker.models import job_id_for_key, parse_transfer
-from worker.producer import prepare_job
-from worker.transfer import Context
+from worker.queue.broker import TASK_NAME, transfer_queue
+from worker.request.job import prepare_job
+from worker.request.models import job_id_for_key, parse_transfer
 
 FUZZ = settings(
     max_examples=200,

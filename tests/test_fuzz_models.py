@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from worker.errors import ValidationError
 from worker.ledger import SyncLedger
-from worker.models import parse_transfer
-from worker.producer import prepare_job
+from worker.request.job import prepare_job
+from worker.request.models import parse_transfer
 
 FUZZ = settings(
     max_examples=200,

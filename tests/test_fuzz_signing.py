@@ -1,5 +1,5 @@
 """Fuzzing the HMAC signer against the emulator's verifier over real HTTP: whatever the body, call connection
-id and request id, the emulator accepts what `worker.signing.sign` produces, and any single-byte change to
+id and request id, the emulator accepts what `worker.acs.signing.sign` produces, and any single-byte change to
 the signed request (body, path, date, host, content hash, signature) is answered 401.
 
 The signer's own properties (round trips, known answers) are in test_signing.py; here the verifier is the
@@ -22,9 +22,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from worker.acs import transfer_path
+from worker.acs.client import transfer_path
+from worker.acs.signing import http_date, parse_http_date, sign
 from worker.emulator import Emulator, EmulatorConfig, start_emulator
-from worker.signing import http_date, parse_http_date, sign
 
 KEY = secrets.token_bytes(32)
 API_VERSION = "2024-09-15"

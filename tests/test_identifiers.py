@@ -14,13 +14,13 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT4
 
 from worker.errors import Issue
-from worker.identifiers import Identifier, parse_identifier
+from worker.request.identifiers import Identifier, parse_identifier
 
 SPEC_DIR = Path(__file__).resolve().parents[1] / "worker" / "spec"
 _BASE = "https://specs.invalid/communication/data-plane/"
 _COMMON_URI = _BASE + "Common/stable/2023-11-15/common.json"
 
-# The expectations are written out here, independently of the table in worker/identifiers.py.
+# The expectations are written out here, independently of the table in worker/request/identifiers.py.
 # (prefix, kind, cloud, anonymous, value-is-whole-raw-id)
 PREFIXES = [
     ("8:acs:", "communicationUser", "public", False, True),

@@ -27,8 +27,8 @@ from worker.ledger import (
     op_take_lease,
     op_transition,
 )
-from worker.models import parse_transfer
-from worker.producer import prepare_job
+from worker.request.job import prepare_job
+from worker.request.models import parse_transfer
 
 
 def _job(call: str = "call-1", key: str | None = None, target: str = "4:+15551230000") -> NewJob:

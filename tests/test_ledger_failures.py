@@ -90,7 +90,7 @@ async def test_sqlite_connections_keep_commits_across_power_loss(sqlite_url: str
     ],
 )
 def test_the_task_retries_its_message_on_every_database_error(error: type[Exception]) -> None:
-    from worker.tasks import transfer  # noqa: PLC0415 - registers the task on the app
+    from worker.deliver.tasks import transfer  # noqa: PLC0415 - registers the task on the app
 
     assert issubclass(error, transfer.autoretry_for)
     assert transfer.max_retries is None  # never acknowledged away

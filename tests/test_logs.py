@@ -11,15 +11,15 @@ import aiohttp
 import pytest
 import structlog
 
-from worker.acs import AcsClient
+from worker.acs.client import AcsClient
 from worker.config import AcsCredentials, Settings
+from worker.deliver.transfer import Context, send_job
 from worker.emulator import EmulatorConfig, start_emulator
 from worker.errors import ConfigError
 from worker.ledger import Ledger, State, SyncLedger
 from worker.logs import register_secret, scrub_secrets
-from worker.models import parse_transfer
-from worker.producer import prepare_job
-from worker.transfer import Context, send_job
+from worker.request.job import prepare_job
+from worker.request.models import parse_transfer
 
 
 def secret_forms(key: bytes, connection_string: str) -> list[str]:

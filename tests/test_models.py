@@ -15,7 +15,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT4
 
 from worker.errors import Issue, ValidationError
-from worker.models import TransferRequest, new_request_id, parse_transfer, request_id_for_key
+from worker.request.models import TransferRequest, new_request_id, parse_transfer, request_id_for_key
 
 SPEC_DIR = Path(__file__).resolve().parents[1] / "worker" / "spec"
 # Where the two files live in Azure/azure-rest-api-specs, so the swagger's relative $refs

@@ -15,9 +15,9 @@ import pytest
 import yaml
 from container import ROOT, compose, dockerfile, run_command
 
-from worker.broker import celery_config
 from worker.config import ENVIRONMENT, Settings
 from worker.ledger import SyncLedger, op_count_by_state
+from worker.queue.broker import celery_config
 
 OPERATIONS = ROOT / "docs" / "operations.md"
 README = ROOT / "README.md"

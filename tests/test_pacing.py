@@ -20,15 +20,15 @@ import aiohttp
 import pytest
 from stack import KEY, Stack
 
-from worker.acs import AcsClient
-from worker.campaign import op_save_campaign
+from worker.acs.client import AcsClient
 from worker.config import Settings
+from worker.deliver.ratelimit import Limit, LocalBuckets, Pacer
+from worker.deliver.transfer import Context, send_job
 from worker.emulator import Emulator
 from worker.ledger import Job, Ledger, State, SyncLedger
-from worker.models import parse_transfer
-from worker.producer import prepare_job
-from worker.ratelimit import Limit, LocalBuckets, Pacer
-from worker.transfer import Context, send_job
+from worker.ledger.campaign import op_save_campaign
+from worker.request.job import prepare_job
+from worker.request.models import parse_transfer
 
 
 @pytest.fixture

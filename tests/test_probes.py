@@ -17,7 +17,7 @@ from stack import Stack
 from worker.config import Settings
 from worker.ledger import State
 from worker.processes import free_port
-from worker.server import create_app
+from worker.serve.server import create_app
 
 
 async def get(url: str) -> tuple[int, str]:

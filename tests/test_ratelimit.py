@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis
 
-from worker.ratelimit import Limit, LocalBuckets, Pacer, RedisBuckets, Turn
+from worker.deliver.ratelimit import Limit, LocalBuckets, Pacer, RedisBuckets, Turn
 
 
 class FakeClock:

@@ -19,7 +19,7 @@ import redis
 from stack import Stack
 
 from worker.ledger import Job, State, op_get
-from worker.models import job_id_for_key
+from worker.request.models import job_id_for_key
 
 TASK = "acs_transfer.transfer"
 

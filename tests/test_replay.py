@@ -15,8 +15,6 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 from structlog.testing import capture_logs
 
-from worker.callbacks import Received, TransferEvent, _log_result, op_receive, parse_event
-from worker.campaign import op_progress
 from worker.cli import main
 from worker.emulator.callbacks import transfer_event
 from worker.errors import ReplayRefused
@@ -34,9 +32,11 @@ from worker.ledger import (
     op_start_attempt,
     op_transition,
 )
-from worker.models import parse_transfer
-from worker.producer import prepare_job
-from worker.reports import write_report
+from worker.ledger.campaign import op_progress
+from worker.produce.reports import write_report
+from worker.request.job import prepare_job
+from worker.request.models import parse_transfer
+from worker.serve.callbacks import Received, TransferEvent, _log_result, op_receive, parse_event
 
 
 def _request(call: str, context: str | None = None) -> dict[str, Any]:

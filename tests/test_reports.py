@@ -13,7 +13,7 @@ from stack import Stack
 
 from worker.cli import main
 from worker.ledger import State
-from worker.reports import COLUMNS
+from worker.produce.reports import COLUMNS
 
 
 async def test_report_has_every_job_with_its_outcome(make_stack: Callable[..., Any], tmp_path: Path) -> None:

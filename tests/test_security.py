@@ -31,11 +31,11 @@ import aiohttp
 import kombu
 from stack import Stack
 
-from worker.broker import TASK_NAME, celery_config, transfer_queue
 from worker.config import Settings
 from worker.emulator.config import DEFAULT_RESOURCE_ID
 from worker.ledger import State, op_dead_messages
 from worker.processes import child_env, free_port, spawn_emulator, spawn_worker, stop, wait_for_http
+from worker.queue.broker import TASK_NAME, celery_config, transfer_queue
 
 ROOT = Path(__file__).resolve().parent.parent
 

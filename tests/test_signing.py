@@ -12,7 +12,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from worker.signing import SIGNED_HEADERS, content_hash, http_date, parse_http_date, sign, verify
+from worker.acs.signing import SIGNED_HEADERS, content_hash, http_date, parse_http_date, sign, verify
 
 ACCESS_KEY = "pBHgx8ySIH/ATqG7FLzhxOvQU8M3W6G2jvYiQx1pIGE0t8HF3zX/ZzvzNxvEUIzX0w+BPCV8jmS8RkEWDo6yew=="
 KEY = base64.b64decode(ACCESS_KEY)
@@ -35,7 +35,7 @@ _moments = st.integers(min_value=0, max_value=253402300799)  # through 9999-12-3
 
 
 def independent_authorization(key: bytes, path: str, host: str, body: bytes, date: str) -> tuple[str, str]:
-    """The README's formula, written out with nothing from worker.signing."""
+    """The README's formula, written out with nothing from worker.acs.signing."""
     body_hash = base64.b64encode(hashlib.sha256(body).digest()).decode("ascii")
     to_sign = "POST\n" + path + "\n" + date + ";" + host + ";" + body_hash
     mac = base64.b64encode(hmac.new(key, to_sign.encode("utf-8"), hashlib.sha256).digest()).decode("ascii")

@@ -15,14 +15,14 @@ import pytest
 import structlog
 from stack import KEY
 
-from worker.acs import AcsClient
+from worker.acs.client import AcsClient
+from worker.acs.signing import http_date
 from worker.config import Settings
+from worker.deliver.transfer import Context, backoff_delay, send_job
 from worker.emulator import Emulator, EmulatorConfig, start_emulator
 from worker.ledger import Job, Ledger, State, SyncLedger, op_events
-from worker.models import parse_transfer
-from worker.producer import prepare_job
-from worker.signing import http_date
-from worker.transfer import Context, backoff_delay, send_job
+from worker.request.job import prepare_job
+from worker.request.models import parse_transfer
 
 
 @pytest.fixture

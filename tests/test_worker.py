@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 from stack import Stack, celery_message, publish_raw
 
-from worker.broker import TASK_NAME
 from worker.errors import ValidationError
 from worker.ledger import State, op_count_by_state, op_dead_messages, op_get
-from worker.models import job_id_for_key
 from worker.processes import kill
+from worker.queue.broker import TASK_NAME
+from worker.request.models import job_id_for_key
 
 
 @pytest.mark.parametrize(

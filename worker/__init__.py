@@ -8,12 +8,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from worker.errors import ConfigError, IdempotencyConflict, JobNotFound, TransferError, ValidationError
-from worker.models import TransferRequest, parse_transfer
+from worker.request.models import TransferRequest, parse_transfer
 
 if TYPE_CHECKING:
     from celery import Celery
 
-    from worker.producer import Producer, enqueue_transfer
+    from worker.produce.producer import Producer, enqueue_transfer
 
 __version__ = "0.1.0"
 __all__ = [
@@ -33,12 +33,12 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # Imported on first use so `import worker` stays cheap and `celery -A worker` finds `worker.app`.
     if name == "app":
-        from worker.celery_app import app  # noqa: PLC0415
+        from worker.queue.app import app  # noqa: PLC0415
 
         celery_app: Celery = app
         return celery_app
     if name in {"Producer", "enqueue_transfer"}:
-        from worker import producer  # noqa: PLC0415
+        from worker.produce import producer  # noqa: PLC0415
 
         return getattr(producer, name)
     raise AttributeError(f"module 'worker' has no attribute {name!r}")

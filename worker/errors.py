@@ -10,7 +10,7 @@
     ├── CallbackRejected          an outcome event's request is unauthenticated or malformed
     └── TokenUnavailable          no Microsoft Entra ID token for ACS (nothing was sent; retried later)
 
-What ACS answers is not an exception: `worker.acs.Answer` classifies every answer (and every failure to get
+What ACS answers is not an exception: `worker.acs.client.Answer` classifies every answer (and every failure to get
 one) so the transfer logic can decide between done, retry and give up without catching anything.
 """
 

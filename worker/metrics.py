@@ -1,16 +1,13 @@
 """Prometheus metrics, one set per process (each worker process and the server expose their own).
 
 Counters and histograms are updated where things happen; job counts by state and the ledger's lag are read
-from the ledger when scraped (`refresh_ledger_gauges`), so they are right whichever process is asked.
+from the ledger when scraped (`worker.health.probes`), so they are right whichever process is asked. Nothing
+here imports the rest of the package, so every stage can count what it does.
 """
 
 from __future__ import annotations
 
-import time
-
 from prometheus_client import Counter, Gauge, Histogram
-
-from worker.ledger import Ledger, State, op_count_by_state, op_oldest_queued
 
 ATTEMPTS = Counter(
     "acs_transfer_attempts_total", "HTTP attempts to ACS by classified outcome and status", ["outcome", "status"]
@@ -32,11 +29,3 @@ CALLBACKS = Counter("acs_transfer_callback_events_total", "Outcome events receiv
 INTAKE = Counter("acs_transfer_intake_requests_total", "Intake API requests by route and status", ["route", "status"])
 JOBS = Gauge("acs_transfer_jobs", "Jobs in the ledger by state", ["state"])
 LEDGER_LAG = Gauge("acs_transfer_ledger_lag_seconds", "Age of the oldest job still queued (0 when none)")
-
-
-async def refresh_ledger_gauges(ledger: Ledger) -> None:
-    counts = await ledger.run(op_count_by_state, None)
-    for state in State.ALL:
-        JOBS.labels(state).set(counts.get(state, 0))
-    oldest = await ledger.run(op_oldest_queued)
-    LEDGER_LAG.set(0.0 if oldest is None else max(0.0, time.time() - oldest))

@@ -13,12 +13,12 @@ from types import FrameType
 import click
 from click._termui_impl import ProgressBar
 
-from worker.campaign import Progress, check_name, op_get_campaign, op_progress, op_save_campaign, parse_rate
-from worker.campaign_files import FORMATS, FileError, detect_format, read_rows
-from worker.campaign_submit import DEFAULT_BATCH, SHOWN_REJECTS, RejectsFile, Submitter, Summary
 from worker.cli.common import settings
 from worker.ledger import State, SyncLedger
-from worker.reports import write_report
+from worker.ledger.campaign import Progress, check_name, op_get_campaign, op_progress, op_save_campaign, parse_rate
+from worker.produce.campaign_files import FORMATS, FileError, detect_format, read_rows
+from worker.produce.campaign_submit import DEFAULT_BATCH, SHOWN_REJECTS, RejectsFile, Submitter, Summary
+from worker.produce.reports import write_report
 
 #: exit statuses of `submit`, for scripts
 ALL_VALID, SOME_REJECTED, UNREADABLE, INTERRUPTED = 0, 1, 2, 130
@@ -58,8 +58,8 @@ def submit(
     """Enqueue every valid row of a CSV or JSONL FILE as a job of a campaign; re-running it adds only what is
     missing. Exits 0 when all rows were valid, 1 when some were rejected, 2 when the file cannot be read, 130
     when interrupted (the first Ctrl-C finishes the batch in hand)."""
-    from worker.bulk import BatchPublisher  # noqa: PLC0415 - keeps the other commands light
-    from worker.celery_app import create_app  # noqa: PLC0415
+    from worker.queue.app import create_app  # noqa: PLC0415
+    from worker.queue.bulk import BatchPublisher  # noqa: PLC0415 - keeps the other commands light
 
     try:
         file_format = detect_format(file, file_format)

@@ -56,9 +56,9 @@ def show(job_id: str, as_json: bool) -> None:
 @click.option("--reason", default="operator replay", show_default=True, help="Recorded on both jobs.")
 def replay_command(job_ids: Sequence[str], campaign: str | None, reason: str) -> None:
     """Send failed or dead jobs again as new jobs, each under a NEW request id, linked to the original."""
-    from worker.celery_app import create_app  # noqa: PLC0415 - publishing only for this command
-    from worker.publisher import Publisher  # noqa: PLC0415
-    from worker.replay import replay  # noqa: PLC0415
+    from worker.produce.replay import replay  # noqa: PLC0415
+    from worker.queue.app import create_app  # noqa: PLC0415 - publishing only for this command
+    from worker.queue.publisher import Publisher  # noqa: PLC0415
 
     if bool(job_ids) == bool(campaign):
         raise click.UsageError("give job ids or --campaign, not both")

@@ -22,7 +22,7 @@ from worker.cli.common import settings
 def healthcheck(timeout: float, names: tuple[str, ...]) -> None:
     """Check that the broker (CELERY_BROKER_URL) and the ledger (LEDGER_URL) answer, and say how ACS is
     authenticated (getting a token under Microsoft Entra ID); exit 0 if all pass, else 1."""
-    from worker.health import CHECKS, run_checks  # noqa: PLC0415 - kombu and SQLAlchemy only for this command
+    from worker.health.checks import CHECKS, run_checks  # noqa: PLC0415 - kombu and SQLAlchemy only for this command
 
     results = run_checks(settings(), timeout, names or tuple(CHECKS))
     for result in results:

@@ -11,7 +11,7 @@ import click
 from worker.cli.common import pairs, settings
 from worker.errors import IdempotencyConflict, JobNotFound, ValidationError
 from worker.ledger import SyncLedger
-from worker.views import history_view, job_view
+from worker.produce.views import history_view, job_view
 
 
 @click.command()
@@ -40,7 +40,7 @@ def enqueue(
     campaign: str | None,
 ) -> None:
     """Enqueue one transfer and print its job id."""
-    from worker.producer import Producer, transfer_message  # noqa: PLC0415 - keeps the other commands light
+    from worker.produce.producer import Producer, transfer_message  # noqa: PLC0415 - keeps the other commands light
 
     message = transfer_message(
         call_connection_id,

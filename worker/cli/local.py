@@ -70,6 +70,6 @@ def emulator(
 @click.option("--keep", is_flag=True, help="Keep the demo's folder (ledger, logs) even when all went well.")
 def demo(jobs: int, fault_rate: float, latency_ms: int, seed: int | None, timeout: float, keep: bool) -> None:
     """Emulator + worker + embedded broker and ledger: enqueue transfers under faults, check every outcome."""
-    from worker.demo import run_demo  # noqa: PLC0415
+    from worker.cli.demo import run_demo  # noqa: PLC0415
 
     sys.exit(run_demo(jobs=jobs, fault_rate=fault_rate, latency_ms=latency_ms, seed=seed, timeout=timeout, keep=keep))

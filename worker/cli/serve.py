@@ -11,7 +11,7 @@ from worker.errors import ConfigError
 @click.command()
 def serve() -> None:
     """Run the HTTP server (SERVE_HOST:SERVE_PORT): outcome events from ACS, and the intake API."""
-    from worker.server import run_server  # noqa: PLC0415 - aiohttp server only for this command
+    from worker.serve.server import run_server  # noqa: PLC0415 - aiohttp server only for this command
 
     try:
         run_server(settings())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from worker.signing import parse_http_date, verify
+from worker.acs.signing import parse_http_date, verify
 
 
 def authenticate(

@@ -21,8 +21,8 @@ import heapq
 import re
 from dataclasses import dataclass
 
+from worker.acs.signing import http_date, parse_http_date
 from worker.emulator.answers import Answer, acs_error
-from worker.signing import http_date, parse_http_date
 
 REQUEST_ID_HEADER = "Repeatability-Request-ID"
 FIRST_SENT_HEADER = "Repeatability-First-Sent"

@@ -182,7 +182,7 @@ class Ledger:
         if sa.make_url(async_url).get_backend_name() == "sqlite":
             return cls(sync=await asyncio.to_thread(SyncLedger, url))
         # No pre-ping: it costs three round trips per transaction; a connection that died with the server fails
-        # its batch, is discarded by the pool, and the task retries (worker.tasks).
+        # its batch, is discarded by the pool, and the task retries (worker.deliver.tasks).
         engine = create_async_engine(async_url, pool_size=pool_size, max_overflow=2)
         async with engine.begin() as connection:
             await connection.run_sync(_create_schema)

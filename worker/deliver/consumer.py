@@ -10,10 +10,10 @@ from celery.exceptions import InvalidTaskError
 from celery.worker.consumer import Consumer
 from kombu.exceptions import ContentDisallowed, DecodeError
 
-from worker.broker import TASK_NAME, broker_kind
+from worker.deliver.messages import record_dead_message
+from worker.deliver.runtime import get_runtime
 from worker.logs import get_logger
-from worker.messages import record_dead_message
-from worker.runtime import get_runtime
+from worker.queue.broker import TASK_NAME, broker_kind
 
 log = get_logger(__name__)
 

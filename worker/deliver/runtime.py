@@ -17,18 +17,18 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from worker import probes
-from worker.acs import AcsClient
-from worker.campaign import op_campaign_rate
-from worker.celery_app import create_app
+from worker.acs.client import AcsClient
+from worker.acs.entra import AccessTokens, default_credential
 from worker.config import AcsCredentials, Settings
-from worker.entra import AccessTokens, default_credential
+from worker.deliver.ratelimit import Limiter, build_limiter
+from worker.deliver.sweeper import run_sweeper
+from worker.deliver.transfer import Context
+from worker.health import probes
 from worker.ledger import Ledger
+from worker.ledger.campaign import op_campaign_rate
 from worker.logs import get_logger, register_secret
-from worker.publisher import Publisher
-from worker.ratelimit import Limiter, build_limiter
-from worker.sweeper import run_sweeper
-from worker.transfer import Context
+from worker.queue.app import create_app
+from worker.queue.publisher import Publisher
 
 T = TypeVar("T")
 log = get_logger(__name__)

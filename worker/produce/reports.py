@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from worker.ledger import Job, SyncLedger, jobs
-from worker.views import job_view
+from worker.produce.views import job_view
 
 #: the report's columns, in order
 COLUMNS = (

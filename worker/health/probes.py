@@ -9,16 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from worker.config import Settings
-from worker.health import run_checks
-from worker.ledger import Ledger
-from worker.metrics import refresh_ledger_gauges
+from worker.health.checks import run_checks
+from worker.ledger import Ledger, State, op_count_by_state, op_oldest_queued
+from worker.metrics import JOBS, LEDGER_LAG
 
 READY_TIMEOUT = 3.0
+
+
+async def refresh_ledger_gauges(ledger: Ledger) -> None:
+    counts = await ledger.run(op_count_by_state, None)
+    for state in State.ALL:
+        JOBS.labels(state).set(counts.get(state, 0))
+    oldest = await ledger.run(op_oldest_queued)
+    LEDGER_LAG.set(0.0 if oldest is None else max(0.0, time.time() - oldest))
 
 
 def routes(settings: Settings, ledger: Ledger) -> list[web.RouteDef]:

@@ -9,8 +9,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from worker.acs.signing import http_date
 from worker.ledger import Event, Job
-from worker.signing import http_date
 
 
 def iso(timestamp: float | None) -> str | None:

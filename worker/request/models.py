@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from worker.errors import Issue, ValidationError
-from worker.identifiers import E164, Identifier, parse_identifier, phone_number
+from worker.request.identifiers import E164, Identifier, parse_identifier, phone_number
 
 SIP_CUSTOM_PREFIX = "X-MS-Custom-"
 SIP_UUI_HEADER = "User-To-User"

@@ -15,12 +15,12 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from worker.deliver.transfer import Context, send_job
 from worker.errors import IdempotencyConflict, ValidationError
 from worker.ledger import Job, op_create_jobs, op_record_dead_message
 from worker.logs import get_logger
-from worker.models import job_id_for_key, parse_transfer
-from worker.producer import prepare_job
-from worker.transfer import Context, send_job
+from worker.request.job import prepare_job
+from worker.request.models import job_id_for_key, parse_transfer
 
 log = get_logger(__name__)
 _KNOWN = {"job_id", "request", "idempotency_key", "campaign"}

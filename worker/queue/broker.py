@@ -76,7 +76,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_concurrency": settings.worker_concurrency,
         "worker_prefetch_multiplier": 2,
         "worker_hijack_root_logger": False,
-        "worker_consumer": "worker.consumer:RecordingConsumer",
+        "worker_consumer": "worker.deliver.consumer:RecordingConsumer",
         # The file-backed transport has no broadcast worth polling for; remote control needs a real broker.
         "worker_enable_remote_control": not embedded,
         # Task events let Flower show every task, at a price: three more messages per task, each waiting for the

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from worker.campaign_files import Row
 from worker.errors import IdempotencyConflict, Issue, ValidationError
 from worker.ledger import NewJob, SyncLedger
 from worker.logs import get_logger
-from worker.models import TransferRequest, parse_transfer
-from worker.producer import prepare_job
+from worker.produce.campaign_files import Row
+from worker.request.job import prepare_job
+from worker.request.models import TransferRequest, parse_transfer
 
 log = get_logger(__name__)
 DEFAULT_BATCH = 1000

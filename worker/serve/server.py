@@ -5,14 +5,15 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import web
 
-from worker import callbacks, intake, probes
-from worker.celery_app import create_app as create_celery_app
 from worker.config import Settings
 from worker.errors import ConfigError
+from worker.health import probes
 from worker.ledger import Ledger
 from worker.logs import get_logger, register_secret
-from worker.publisher import Publisher
-from worker.tokens import TokenVerifier
+from worker.queue.app import create_app as create_celery_app
+from worker.queue.publisher import Publisher
+from worker.serve import callbacks, intake
+from worker.serve.tokens import TokenVerifier
 
 log = get_logger(__name__)
 

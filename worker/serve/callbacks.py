@@ -5,7 +5,7 @@
                                   the one job on the event's call (and operation context, when given) that
                                   was sent and waits for an outcome; none or several: recorded unmatched
 
-Each request must carry ACS's bearer token (verified in `worker.tokens`) unless verification is switched off
+Each request must carry ACS's bearer token (verified in `worker.serve.tokens`) unless verification is switched off
 for local development. Events are deduplicated on their CloudEvent id. `CallTransferAccepted` moves a job to
 ``transferred``, `CallTransferFailed` to ``transfer_failed``, with resultInformation stored; any other event
 type is logged and ignored. An event for an unknown job, or one that arrives twice or after the job settled,
@@ -38,8 +38,8 @@ from worker.ledger import (
 )
 from worker.logs import get_logger
 from worker.metrics import CALLBACKS
-from worker.producer import CALLBACK_PATH
-from worker.tokens import TokenVerifier
+from worker.request.job import CALLBACK_PATH
+from worker.serve.tokens import TokenVerifier
 
 log = get_logger(__name__)
 TRANSFER_OUTCOMES = {

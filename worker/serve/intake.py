@@ -23,16 +23,16 @@ from typing import Any
 
 from aiohttp import web
 
-from worker.campaign import check_name, op_progress
 from worker.config import Settings
 from worker.errors import IdempotencyConflict, Issue, ValidationError
 from worker.ledger import Job, Ledger, NewJob, op_create_jobs, op_events, op_get
+from worker.ledger.campaign import check_name, op_progress
 from worker.metrics import INTAKE
-from worker.models import parse_transfer
-from worker.openapi import OPENAPI
-from worker.producer import prepare_job
-from worker.publisher import Publisher
-from worker.views import history_view, job_view
+from worker.produce.views import history_view, job_view
+from worker.queue.publisher import Publisher
+from worker.request.job import prepare_job
+from worker.request.models import parse_transfer
+from worker.serve.openapi import OPENAPI
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_KEY_LENGTH = 512

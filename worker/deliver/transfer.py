@@ -21,8 +21,10 @@ from typing import Protocol, TypeVar
 
 import structlog
 
-from worker.acs import Answer, Outcome
+from worker.acs.client import Answer, Outcome
+from worker.acs.signing import http_date
 from worker.config import Settings
+from worker.deliver.ratelimit import Limiter, Turn, Unlimited
 from worker.ledger import (
     LEDGER_ERRORS,
     Job,
@@ -36,8 +38,6 @@ from worker.ledger import (
 )
 from worker.logs import get_logger
 from worker.metrics import ATTEMPTS, IN_FLIGHT, RATE_LIMIT_WAIT, REQUEST_SECONDS, RETRIES, TRANSITIONS
-from worker.ratelimit import Limiter, Turn, Unlimited
-from worker.signing import http_date
 
 log = get_logger(__name__)
 T = TypeVar("T")

@@ -14,9 +14,9 @@ from celery import Celery
 from kombu.exceptions import ChannelError
 from kombu.exceptions import OperationalError as BrokerError
 
-from worker.broker import TASK_NAME, broker_kind, transfer_queue
 from worker.config import Settings
 from worker.logs import get_logger
+from worker.queue.broker import TASK_NAME, broker_kind, transfer_queue
 
 log = get_logger(__name__)
 

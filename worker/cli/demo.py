@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from worker.config import Settings
 from worker.ledger import State, SyncLedger, jobs, op_count_by_state
 from worker.processes import child_env, free_port, new_access_key, spawn_emulator, spawn_worker, stop
-from worker.producer import Producer
+from worker.produce.producer import Producer
 
 GONE_CALL_SHARE = 0.02
 

@@ -19,8 +19,8 @@ import kombu
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
-from worker.broker import broker_kind, transport_options
 from worker.config import AcsCredentials, Settings
+from worker.queue.broker import broker_kind, transport_options
 from worker.redact import mask_url, scrub, url_secrets
 
 
@@ -98,7 +98,7 @@ def check_acs(settings: Settings, timeout: float = 5.0) -> str:
     auth = settings.acs_auth
     if isinstance(auth, AcsCredentials):
         return f"access key (ACS_CONNECTION_STRING) for {auth.endpoint}"
-    from worker.entra import check_token  # noqa: PLC0415 - azure-identity only on this path
+    from worker.acs.entra import check_token  # noqa: PLC0415 - azure-identity only on this path
 
     return f"Microsoft Entra ID (ACS_ENDPOINT) for {auth.endpoint}: {check_token(timeout)}"
 

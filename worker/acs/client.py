@@ -1,7 +1,7 @@
 """The ACS client: one aiohttp session per process, one authenticated POST per attempt, every answer classified.
 
 Authentication is an HMAC signature with the access key (ACS_CONNECTION_STRING) or a Microsoft Entra ID bearer
-token (ACS_ENDPOINT, see `worker.entra`). Under Entra ID a 401 gets one more try with a renewed token before it
+token (ACS_ENDPOINT, see `worker.acs.entra`). Under Entra ID a 401 gets one more try with a renewed token before it
 counts, and a token that cannot be had is a request not sent (transient).
 
 Classification follows where a request failed (as azure-core does): never sent (connection refused),
@@ -31,9 +31,9 @@ from urllib.parse import quote
 import aiohttp
 import yarl
 
-from worker import signing
+from worker.acs import signing
+from worker.acs.entra import AccessTokens, TokenUnavailable, challenge_claims
 from worker.config import AcsAuth, EntraIdEndpoint
-from worker.entra import AccessTokens, TokenUnavailable, challenge_claims
 from worker.logs import get_logger
 
 log = get_logger(__name__)

@@ -2,7 +2,7 @@
 
 Infrastructure failures (any ledger error, the network, no Entra ID token for ACS) retry the message later,
 with Celery's capped exponential backoff and full jitter (so workers do not retry in lockstep after an outage),
-never acknowledging it away; everything about the job itself is decided in `worker.transfer`.
+never acknowledging it away; everything about the job itself is decided in `worker.deliver.transfer`.
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ from typing import Any
 import structlog
 from celery import Task, signals
 
-from worker.broker import TASK_NAME
-from worker.celery_app import app
+from worker.acs.entra import TokenUnavailable, check_token
 from worker.config import Settings
-from worker.entra import TokenUnavailable, check_token
+from worker.deliver.messages import handle_message
+from worker.deliver.runtime import get_runtime, stop_runtime
 from worker.ledger import LEDGER_ERRORS
 from worker.logs import configure, get_logger
-from worker.messages import handle_message
-from worker.runtime import get_runtime, stop_runtime
+from worker.queue.app import app
+from worker.queue.broker import TASK_NAME
 
 log = get_logger(__name__)
 _MAX_INFRA_BACKOFF = 60

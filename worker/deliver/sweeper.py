@@ -18,6 +18,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable
 
+from worker.deliver.transfer import Context
 from worker.ledger import (
     State,
     op_due_for_publish,
@@ -27,7 +28,6 @@ from worker.ledger import (
     op_unknown_older_than,
 )
 from worker.logs import get_logger
-from worker.transfer import Context
 
 log = get_logger(__name__)
 SWEEP_LEASE = "sweeper"

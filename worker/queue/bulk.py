@@ -21,9 +21,9 @@ import kombu
 from celery import Celery
 from kombu.exceptions import OperationalError as BrokerError
 
-from worker.broker import broker_kind, transfer_queue
 from worker.config import Settings
-from worker.publisher import MessageTemplate, Publisher
+from worker.queue.broker import broker_kind, transfer_queue
+from worker.queue.publisher import MessageTemplate, Publisher
 
 
 class BatchPublisher:

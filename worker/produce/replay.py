@@ -12,9 +12,9 @@ import time
 from dataclasses import dataclass
 
 from worker.ledger import Job, State, SyncLedger, op_replay
-from worker.models import parse_transfer
-from worker.producer import CALLBACK_PATH, prepare_job
-from worker.publisher import Publisher
+from worker.queue.publisher import Publisher
+from worker.request.job import CALLBACK_PATH, prepare_job
+from worker.request.models import parse_transfer
 
 
 @dataclass(frozen=True)

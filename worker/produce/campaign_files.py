@@ -7,7 +7,7 @@ Two formats, both streamed (memory stays flat whatever the file's size):
   ``sourceCallerIdNumber`` (identifiers as raw ids such as ``4:+14255550123``), plus ``sip.<Header-Name>`` and
   ``voip.<name>`` for custom calling context. An empty cell means the field is absent. Quoted cells may span
   lines.
-- **JSONL**: one wire-form object per line (as `worker.models.parse_transfer` takes it).
+- **JSONL**: one wire-form object per line (as `worker.request.models.parse_transfer` takes it).
 
 Either may carry a key column (CSV) or field (JSONL) that names the row for idempotency. Blank lines are
 skipped; a UTF-8 byte order mark is ignored. A row that cannot be read becomes a `Row` with issues (and its
