@@ -125,7 +125,7 @@ def test_dockerignore_admits_only_what_the_build_copies(stages: list[Stage]) -> 
                 assert source.rstrip("/").removeprefix("./") in allowed, f"COPY {source} is excluded by .dockerignore"
                 assert (ROOT / source).exists()
     assert not allowed & {".env", ".git", ".venv", ".acs-transfer", "tests", "bench"}
-    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
     assert all(package.split(".")[0] in allowed for package in packages)
 
 
