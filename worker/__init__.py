@@ -1,6 +1,19 @@
 """acs-transfer: idempotent Azure Communication Services call transfers through a message queue.
 
 Producers call `enqueue_transfer` (or use `Producer`); workers run `celery -A worker worker`.
+
+One subpackage per stage of the data; a module imports only from the stages below its own (import-linter
+checks it, see docs/architecture.md):
+
+    cli/ · emulator/        the command line, the demo, and the local ACS (top)
+    serve/                  HTTP intake, OpenAPI, the outcome-event receiver and its token check
+    produce/ | deliver/     producer API, replay, campaigns, reports | task, message → job, runtime, send loop,
+                            pacing, sweeper, poison-message consumer (the two never import each other)
+    health/                 health checks and the /metrics /healthz /readyz probes
+    queue/ | acs/           Celery app, broker config, publishing | HMAC signing, Entra ID tokens, the ACS client
+    request/                identifiers, the transfer request, building a job from it
+    ledger/                 every SQL statement: schema, operations, stores, campaigns
+    config · effective_config · errors · logs · redact · metrics · processes      (bottom: import no stage)
 """
 
 from __future__ import annotations
