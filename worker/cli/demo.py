@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
-
 from worker.config import Settings
-from worker.ledger import State, SyncLedger, jobs, op_count_by_state
+from worker.ledger import State, SyncLedger, op_count_by_state
+from worker.ledger.outcomes import op_job_timings
 from worker.processes import child_env, free_port, new_access_key, spawn_emulator, spawn_worker, stop
 from worker.produce.producer import Producer
 
@@ -90,10 +89,7 @@ def _progress(counts: dict[str, int], total: int, started: float) -> None:
 
 
 def _summarise(ledger: SyncLedger, emulator_url: str, total: int, elapsed: float) -> Summary:
-    with ledger._engine.connect() as connection:
-        rows = connection.execute(
-            sa.select(jobs.c.call_connection_id, jobs.c.state, jobs.c.attempts, jobs.c.created_at, jobs.c.accepted_at)
-        ).all()
+    rows = ledger.run(op_job_timings)
     effects_by_call: dict[str, int] = _http_json(f"{emulator_url}/_emulator/transfers")["effectsByCall"]
     states: dict[str, int] = {}
     effects: dict[str, int] = {}

@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import math
 import os
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import kombu
-import sqlalchemy as sa
-from sqlalchemy.pool import NullPool
 
 from worker.config import AcsCredentials, Settings
+from worker.ledger.readiness import check_jobs_table
 from worker.queue.broker import broker_kind, transport_options
 from worker.redact import mask_url, scrub, url_secrets
 
@@ -50,42 +47,8 @@ def check_broker(settings: Settings, timeout: float = 5.0) -> str:
 
 def check_ledger(settings: Settings, timeout: float = 5.0) -> str:
     """Open the ledger read-only and find its jobs table; returns what was reached, raises on failure."""
-    url = sa.make_url(settings.ledger_url)
-    backend = url.get_backend_name()
-    if backend == "sqlite":
-        found = _sqlite_has_jobs(Path(url.database or ""), timeout)
-    elif backend == "postgresql":
-        found = _postgresql_has_jobs(url, timeout)
-    else:
-        raise RuntimeError(f"LEDGER_URL must be sqlite:///PATH or postgresql://..., not {backend!r}")
-    if not found:
-        raise RuntimeError("the ledger is reachable but has no jobs table yet (a worker creates it when it starts)")
+    check_jobs_table(settings.ledger_url, timeout)
     return mask_url(settings.ledger_url)
-
-
-def _sqlite_has_jobs(path: Path, timeout: float) -> bool:
-    if not path.is_file():
-        raise RuntimeError(f"no ledger file at {path} (a worker creates it when it starts)")
-    # Read-only, so that a check never creates a file or takes SQLite's write lock.
-    connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=timeout)
-    try:
-        row = connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'jobs'").fetchone()
-    finally:
-        connection.close()
-    return row is not None
-
-
-def _postgresql_has_jobs(url: sa.URL, timeout: float) -> bool:
-    engine = sa.create_engine(
-        url.set(drivername="postgresql+psycopg"),
-        poolclass=NullPool,
-        connect_args={"connect_timeout": max(1, math.ceil(timeout))},
-    )
-    try:
-        with engine.connect() as connection:
-            return sa.inspect(connection).has_table("jobs")
-    finally:
-        engine.dispose()
 
 
 def check_acs(settings: Settings, timeout: float = 5.0) -> str:

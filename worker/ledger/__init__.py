@@ -4,6 +4,8 @@
     operations  what happens to jobs: create, claim, start an attempt, move, sweep, count
     outcomes    outcome events, unknown jobs, an operator's replay
     stores      `SyncLedger` (producers, CLI) and `Ledger` (the worker's loop, group commit) that run them
+    campaign    campaigns: their record, pacing, progress, and their jobs in order for reports
+    readiness   whether a ledger is there and set up, looked at read-only (the health check)
 
 One code path for SQLite (embedded default) and PostgreSQL (production): each operation is a plain function
 over a SQLAlchemy `Connection`, run in a transaction by either store.

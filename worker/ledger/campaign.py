@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from worker.ledger import State, campaigns, job_events, jobs
+from worker.ledger import Job, State, campaigns, job_events, jobs
 
 MAX_NAME_LENGTH = 200
 #: the states a job can still leave on its own; a campaign with none of them is settled
@@ -118,3 +118,14 @@ def op_progress(connection: Connection, name: str, now: float, window: float) ->
         )
     )
     return Progress(counts, int(connection.execute(recent).scalar() or 0), window)
+
+
+def op_campaign_jobs_after(
+    connection: Connection, campaign: str, after: tuple[float, str] | None, limit: int
+) -> list[Job]:
+    """Up to `limit` of a campaign's jobs in creation order, after the (created_at, id) of the last one read."""
+    query = sa.select(jobs).where(jobs.c.campaign == campaign)
+    if after is not None:
+        query = query.where(sa.tuple_(jobs.c.created_at, jobs.c.id) > sa.tuple_(*after))
+    query = query.order_by(jobs.c.created_at, jobs.c.id).limit(limit)
+    return [Job.from_row(row) for row in connection.execute(query)]

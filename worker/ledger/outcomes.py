@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import NoReturn
+from dataclasses import dataclass
+from typing import NamedTuple, NoReturn
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from worker.errors import JobNotFound, ReplayRefused
 from worker.ledger.operations import _event, _insert_ignoring_conflicts, op_create_jobs, op_get
-from worker.ledger.schema import Job, NewJob, Outcome, State, callback_events, jobs
+from worker.ledger.schema import Job, NewJob, Outcome, State, callback_events, can_store, jobs
 
 
 def op_record_event(
@@ -170,3 +171,65 @@ def op_replays_sent_twice(connection: Connection, campaign: str | None, limit: i
         query = query.where(jobs.c.campaign == campaign)
     query = query.order_by(jobs.c.updated_at.desc()).limit(limit)
     return [Job.from_row(row) for row in connection.execute(query)]
+
+
+class JobTiming(NamedTuple):
+    call_connection_id: str
+    state: str
+    attempts: int
+    created_at: float
+    accepted_at: float | None
+
+
+def op_job_timings(connection: Connection) -> list[JobTiming]:
+    """Every job's call, state, attempts, creation and acceptance time: what the demo checks against ACS."""
+    query = sa.select(jobs.c.call_connection_id, jobs.c.state, jobs.c.attempts, jobs.c.created_at, jobs.c.accepted_at)
+    return [JobTiming(*row) for row in connection.execute(query)]
+
+
+@dataclass(frozen=True)
+class TransferEvent:
+    """The parts of a transfer outcome event the ledger needs."""
+
+    id: str
+    type: str
+    call_connection_id: str
+    operation_context: str | None
+    outcome: Outcome
+    payload: str
+
+
+@dataclass(frozen=True)
+class Received:
+    """What one event did: its result, the job it settled or found settled, why it matched no job, and what
+    became of a replayed original's replacement ("superseded" or "both_sent")."""
+
+    result: str
+    job: Job | None = None
+    unmatched_because: str | None = None
+    replacement: tuple[str, Job] | None = None
+
+
+def op_receive(connection: Connection, event: TransferEvent, path_job_id: str | None, now: float) -> Received:
+    """Dedupe, correlate and apply one event in one transaction."""
+    job_id, unmatched_because = path_job_id, None
+    if job_id is not None and (len(job_id) > 64 or not can_store(job_id)):
+        job_id, unmatched_because = None, "the URI names no job"  # no job has such an id
+    elif job_id is not None:
+        job = op_get(connection, job_id)
+        if job is None or job.call_connection_id != event.call_connection_id:
+            # A URI naming another job (or none): correlate nothing rather than the wrong job.
+            job_id, unmatched_because = None, f"the URI names no job on call {event.call_connection_id!r}"
+    else:
+        job_id, unmatched_because = op_find_job_for_event(connection, event.call_connection_id, event.operation_context)
+    if not op_record_event(connection, event.id, event.type, job_id, event.payload, now):
+        return Received("duplicate")
+    if job_id is None:
+        return Received("unmatched", unmatched_because=unmatched_because)
+    code = f" (code {event.outcome.code}, subCode {event.outcome.subcode})" if event.outcome.code is not None else ""
+    detail = f"{event.type.rsplit('.', 1)[-1]}{code}: {event.outcome.message or 'no message'}"
+    settled = op_apply_outcome(connection, job_id, event.outcome, detail, now)
+    if settled is None:
+        return Received("already_settled", op_get(connection, job_id))
+    replacement = op_stop_replacement(connection, settled, now)
+    return Received("applied", op_get(connection, job_id) if replacement else settled, replacement=replacement)

@@ -14,10 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
-
-from worker.ledger import Job, SyncLedger, jobs
+from worker.ledger import Job, SyncLedger
+from worker.ledger.campaign import op_campaign_jobs_after
 from worker.produce.views import job_view
 
 #: the report's columns, in order
@@ -65,19 +63,11 @@ def campaign_jobs(ledger: SyncLedger, campaign: str, chunk: int = 1000) -> Itera
     """A campaign's jobs in creation order, read in chunks (keyset pagination on (created_at, id))."""
     after: tuple[float, str] | None = None
     while True:
-        query = sa.select(jobs).where(jobs.c.campaign == campaign)
-        if after is not None:
-            query = query.where(sa.tuple_(jobs.c.created_at, jobs.c.id) > sa.tuple_(*after))
-        query = query.order_by(jobs.c.created_at, jobs.c.id).limit(chunk)
-        page = ledger.run(_fetch, query)
+        page = ledger.run(op_campaign_jobs_after, campaign, after, chunk)
         yield from page
         if len(page) < chunk:
             return
         after = (page[-1].created_at, page[-1].id)
-
-
-def _fetch(connection: Connection, query: sa.Select[Any]) -> list[Job]:
-    return [Job.from_row(row) for row in connection.execute(query)]
 
 
 def write_report(ledger: SyncLedger, campaign: str, path: Path) -> ReportSummary:

@@ -18,24 +18,14 @@ import functools
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy.engine import Connection
 
 from worker.errors import CallbackRejected
-from worker.ledger import (
-    Job,
-    Ledger,
-    Outcome,
-    State,
-    op_apply_outcome,
-    op_find_job_for_event,
-    op_get,
-    op_record_event,
-    op_stop_replacement,
-)
+from worker.ledger import Ledger, Outcome, State
+from worker.ledger.outcomes import Received, TransferEvent, op_receive
+from worker.ledger.schema import can_store
 from worker.logs import get_logger
 from worker.metrics import CALLBACKS
 from worker.request.job import CALLBACK_PATH
@@ -46,23 +36,6 @@ TRANSFER_OUTCOMES = {
     "Microsoft.Communication.CallTransferAccepted": State.TRANSFERRED,
     "Microsoft.Communication.CallTransferFailed": State.TRANSFER_FAILED,
 }
-
-
-@dataclass(frozen=True)
-class TransferEvent:
-    """The parts of a transfer outcome event the ledger needs."""
-
-    id: str
-    type: str
-    call_connection_id: str
-    operation_context: str | None
-    outcome: Outcome
-    payload: str
-
-
-def _storable(text: str) -> bool:
-    """Whether the ledger can keep `text`: PostgreSQL refuses NUL, and a lone surrogate has no UTF-8 form."""
-    return "\x00" not in text and not any(0xD800 <= ord(ch) < 0xE000 for ch in text)
 
 
 def parse_event(event: object) -> TransferEvent | str:
@@ -80,7 +53,7 @@ def parse_event(event: object) -> TransferEvent | str:
     result = result if isinstance(result, Mapping) else {}
     context = data.get("operationContext")
     texts = [event_id, data["callConnectionId"], context if isinstance(context, str) else ""]
-    if not all(_storable(text) for text in texts):
+    if not all(can_store(text) for text in texts):
         # No job of ours has such an id, call or context (they are validated), and the ledger cannot store it.
         return "id, callConnectionId or operationContext holds NUL or unpaired surrogates"
     message = str(result["message"])[:2000] if result.get("message") is not None else None
@@ -103,42 +76,6 @@ def parse_event(event: object) -> TransferEvent | str:
 
 def _integer(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-@dataclass(frozen=True)
-class Received:
-    """What one event did: its result, the job it settled or found settled, why it matched no job, and what
-    became of a replayed original's replacement ("superseded" or "both_sent")."""
-
-    result: str
-    job: Job | None = None
-    unmatched_because: str | None = None
-    replacement: tuple[str, Job] | None = None
-
-
-def op_receive(connection: Connection, event: TransferEvent, path_job_id: str | None, now: float) -> Received:
-    """Dedupe, correlate and apply one event in one transaction."""
-    job_id, unmatched_because = path_job_id, None
-    if job_id is not None and (len(job_id) > 64 or not _storable(job_id)):
-        job_id, unmatched_because = None, "the URI names no job"  # no job has such an id
-    elif job_id is not None:
-        job = op_get(connection, job_id)
-        if job is None or job.call_connection_id != event.call_connection_id:
-            # A URI naming another job (or none): correlate nothing rather than the wrong job.
-            job_id, unmatched_because = None, f"the URI names no job on call {event.call_connection_id!r}"
-    else:
-        job_id, unmatched_because = op_find_job_for_event(connection, event.call_connection_id, event.operation_context)
-    if not op_record_event(connection, event.id, event.type, job_id, event.payload, now):
-        return Received("duplicate")
-    if job_id is None:
-        return Received("unmatched", unmatched_because=unmatched_because)
-    code = f" (code {event.outcome.code}, subCode {event.outcome.subcode})" if event.outcome.code is not None else ""
-    detail = f"{event.type.rsplit('.', 1)[-1]}{code}: {event.outcome.message or 'no message'}"
-    settled = op_apply_outcome(connection, job_id, event.outcome, detail, now)
-    if settled is None:
-        return Received("already_settled", op_get(connection, job_id))
-    replacement = op_stop_replacement(connection, settled, now)
-    return Received("applied", op_get(connection, job_id) if replacement else settled, replacement=replacement)
 
 
 async def receive(request: web.Request, ledger: Ledger, verifier: TokenVerifier | None) -> web.Response:
