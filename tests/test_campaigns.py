@@ -26,7 +26,7 @@ from worker.campaign_submit import Submitter
 from worker.celery_app import create_app
 from worker.cli import main
 from worker.config import Settings
-from worker.ledger import State, SyncLedger, op_count_by_state
+from worker.ledger import Lane, State, SyncLedger, op_count_by_state
 from worker.publisher import Publisher
 
 CAMPAIGN_CSV = (
@@ -216,10 +216,10 @@ def test_batch_publishing_sends_celerys_own_message(rabbitmq_url: str) -> None:
     """The batch publisher's messages carry what Celery's send_task would put in them, each job its own id."""
     settings = Settings(broker_url=rabbitmq_url, queue=f"acs-test-{uuid.uuid4().hex[:10]}")
     app = create_app(settings)
-    batch = BatchPublisher(app, settings)
-    queue = transfer_queue(settings)
+    batch = BatchPublisher(app, settings)  # campaigns go to the bulk lane
+    queue = transfer_queue(settings, Lane.BULK)
     try:
-        Publisher(app, settings).publish(["one-by-one"])
+        Publisher(app, settings).publish(["one-by-one"], Lane.BULK)
         assert batch.publish([f"job-{i}" for i in range(300)]) == 300
         assert batch.publish(["job-last"]) == 1  # the connection is kept between batches
         with kombu.Connection(rabbitmq_url) as connection:

@@ -15,6 +15,7 @@ from sqlalchemy.exc import DBAPIError
 from worker.broker import TASK_NAME
 from worker.celery_app import app
 from worker.config import Settings
+from worker.ledger import Lane
 from worker.logs import configure, get_logger
 from worker.messages import handle_message
 from worker.runtime import get_runtime, stop_runtime
@@ -49,8 +50,10 @@ def _bind_task_context(task_id: str | None = None, **_: Any) -> None:
 def transfer(self: Task[Any, Any], *args: Any, **kwargs: Any) -> str | None:
     runtime = get_runtime()
     task_id = str(self.request.id)
+    arrived_on = (self.request.delivery_info or {}).get("routing_key")
+    lane = Lane.BULK if arrived_on == runtime.settings.bulk_queue != runtime.settings.queue else Lane.LIVE
     try:
-        job = runtime.run(handle_message(runtime.context, task_id, args, kwargs))
+        job = runtime.run(handle_message(runtime.context, task_id, args, kwargs, lane))
     except (DBAPIError, OSError) as error:
         retries = int(self.request.retries or 0)
         countdown = min(_MAX_INFRA_BACKOFF, 2**retries)

@@ -25,6 +25,13 @@ from worker.views import history_view, job_view
 @click.option("--voip-header", multiple=True, metavar="K=V", help="VoIP custom header.")
 @click.option("--idempotency-key", help="Same key, same job: enqueueing again sends nothing again.")
 @click.option("--campaign", help="Group the job under a campaign name.")
+@click.option(
+    "--lane",
+    type=click.Choice(["live", "bulk"]),
+    default="live",
+    show_default=True,
+    help="live: a caller waits for it; bulk: it may wait behind live work.",
+)
 def enqueue(
     call_connection_id: str,
     target: str,
@@ -36,6 +43,7 @@ def enqueue(
     voip_header: Sequence[str],
     idempotency_key: str | None,
     campaign: str | None,
+    lane: str,
 ) -> None:
     """Enqueue one transfer and print its job id."""
     from worker.producer import Producer, transfer_message  # noqa: PLC0415 - keeps the other commands light
@@ -52,7 +60,7 @@ def enqueue(
     )
     producer = Producer(settings())
     try:
-        result = producer.enqueue(message, idempotency_key=idempotency_key, campaign=campaign)
+        result = producer.enqueue(message, idempotency_key=idempotency_key, campaign=campaign, lane=lane)
     except ValidationError as error:
         for issue in error.issues:
             click.echo(f"error: {issue}", err=True)

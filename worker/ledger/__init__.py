@@ -36,6 +36,7 @@ from worker.ledger.outcomes import (
 from worker.ledger.schema import (
     Event,
     Job,
+    Lane,
     NewJob,
     Outcome,
     State,
@@ -53,6 +54,7 @@ from worker.ledger.stores import Ledger, SyncLedger
 __all__ = [
     "Event",
     "Job",
+    "Lane",
     "Ledger",
     "NewJob",
     "Outcome",
