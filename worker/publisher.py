@@ -106,9 +106,9 @@ class Publisher:
         except BrokerError:
             return None
         except ChannelError as error:
-            if self._kind == "redis":
-                # Redis keeps a queue as a list and drops an empty list, so a passive declare of an empty queue
-                # says "no queue": that is zero messages waiting (and the sweeper may re-publish lost ones).
+            if self._kind == "redis" or getattr(error, "code", None) == 404:
+                # No such queue: nothing waits in it (a message published to it was dropped). Redis keeps a
+                # queue as a list and drops an empty list, so it says so of any empty queue.
                 return 0
             log.debug("broker.queue_depth_unknown", error=str(error))
             return None
