@@ -158,6 +158,8 @@ async def test_a_paced_campaign_is_released_at_its_rate_and_a_live_job_goes_at_o
     stack: Stack = await make_stack("rabbitmq", "postgresql")
     submit(stack.settings, str(campaign_file(tmp_path, "paced", count)), "--campaign", "paced", "--rate", "10/s")
     assert stack.producer.publisher.queue_depths() == {Lane.LIVE: 0, Lane.BULK: 0}  # nothing published yet
+    shown = CliRunner().invoke(main, ["campaign", "paced"], env=cli_env(stack.settings))
+    assert f"{count} awaiting dispatch" in shown.stdout, shown.output
     stack.start_worker()
     stack.start_worker()
     calls = [f"call-paced-{i}" for i in range(count)]

@@ -80,17 +80,19 @@ def test_the_keda_example_matches_the_worker() -> None:
     scaled, deployment = manifests["ScaledObject"], manifests["Deployment"]
     defaults = Settings()
     config = celery_config(defaults)
-    (trigger,) = scaled["spec"]["triggers"]
-    assert trigger["type"] == "rabbitmq"
-    metadata = trigger["metadata"]
-    assert metadata["queueName"] == defaults.queue
-    # Counting unacked messages: prefetched and in-flight jobs are still work to do.
-    assert metadata["protocol"] == "http"
-    assert metadata.get("excludeUnacknowledged", "false") == "false"
-    assert int(metadata["value"]) == defaults.worker_concurrency * config["worker_prefetch_multiplier"]
+    triggers = scaled["spec"]["triggers"]
+    # One trigger per lane.
+    assert [trigger["metadata"]["queueName"] for trigger in triggers] == [defaults.queue, defaults.bulk_queue]
+    for trigger in triggers:
+        assert trigger["type"] == "rabbitmq"
+        metadata = trigger["metadata"]
+        # Counting unacked messages: prefetched and in-flight jobs are still work to do.
+        assert metadata["protocol"] == "http"
+        assert metadata.get("excludeUnacknowledged", "false") == "false"
+        assert int(metadata["value"]) == defaults.worker_concurrency * config["worker_prefetch_multiplier"]
+        assert trigger["authenticationRef"]["name"] == manifests["TriggerAuthentication"]["metadata"]["name"]
     assert scaled["spec"]["minReplicaCount"] >= 1, "scaling to zero would stop the sweeper"
     assert scaled["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
-    assert trigger["authenticationRef"]["name"] == manifests["TriggerAuthentication"]["metadata"]["name"]
 
 
 def test_the_deployment_example_matches_the_image_and_compose() -> None:

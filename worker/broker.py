@@ -95,7 +95,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Many requests in flight per process: the threads pool feeds one shared event loop.
         "worker_pool": "threads",
         "worker_concurrency": settings.worker_concurrency,
-        "worker_prefetch_multiplier": 2,
+        "worker_prefetch_multiplier": 1,
         "worker_hijack_root_logger": False,
         "worker_consumer": "worker.consumer:RecordingConsumer",
         # The file-backed transport has no broadcast worth polling for; remote control needs a real broker.
