@@ -47,7 +47,7 @@ def submit(settings: Any, *arguments: str) -> None:
     assert result.exit_code == 0, result.output
 
 
-@pytest.mark.parametrize("broker", ["rabbitmq", "redis"])
+@pytest.mark.parametrize("broker", ["rabbitmq", "redis", "filesystem"])
 async def test_a_live_job_goes_to_the_live_lane_and_a_campaign_to_bulk(
     make_stack: Callable[..., Any], broker: str, tmp_path: Path
 ) -> None:
