@@ -24,6 +24,7 @@ from sqlalchemy.engine import Connection
 from stack import Stack
 
 from worker.cli import main
+from worker.config import Settings
 from worker.ledger import Lane, Ledger, State, jobs
 from worker.models import parse_transfer
 from worker.producer import prepare_job
@@ -180,3 +181,57 @@ async def test_a_paced_campaign_is_released_at_its_rate_and_a_live_job_goes_at_o
     assert max(sample.get(State.QUEUED, 0) for sample in sampler.samples) <= 2 * rate
     assert max(sample.get("awaiting", 0) for sample in sampler.samples) > count / 2  # it really waited in the ledger
     assert len(stack.emulator.state.requests) == count + 1
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_the_dispatcher_keeps_the_rate_and_at_most_two_seconds_in_the_queue(ledger_url: str) -> None:
+    """On an injected clock: jobs are released on the campaign's schedule, no more than `horizon` seconds of
+    them wait published at once, and only the holder of the dispatcher's lease releases anything."""
+    from worker.campaign import op_save_campaign  # noqa: PLC0415
+    from worker.dispatcher import Dispatcher  # noqa: PLC0415
+    from worker.ledger import SyncLedger, op_transition  # noqa: PLC0415
+
+    settings = Settings(ledger_url=ledger_url)
+    sync = SyncLedger(ledger_url)
+    sync.run(op_save_campaign, "slow", 10.0, None, time.time())
+    requests = [
+        parse_transfer({"callConnectionId": f"call-d{i}", "targetParticipant": "4:+15551234567"}) for i in range(60)
+    ]
+    created = sync.create_jobs([prepare_job(r, campaign="slow", lane=Lane.BULK) for r in requests])
+    assert all(job.published_at is None for job, _ in created)  # paced: written, not published
+    ledger = await Ledger.open(ledger_url)
+    released: list[tuple[str, str]] = []
+    clock = FakeClock()
+    context = Context(settings, ledger, NoSender(), "dispatcher-a")
+    dispatcher = Dispatcher(context, lambda jobs: released.extend(jobs) or len(released), clock=clock)
+    rival = Dispatcher(replace(context, worker_id="dispatcher-b"), lambda jobs: 0, clock=clock)
+    try:
+        assert await dispatcher.dispatch_once()
+        assert len(released) == 1  # the first job is due at once
+        assert not await rival.dispatch_once()  # one dispatcher at a time, across processes
+        clock.now += 1.0
+        await dispatcher.dispatch_once()
+        assert len(released) == 11  # ten a second
+        clock.now += 1.0
+        await dispatcher.dispatch_once()
+        assert len(released) == 20  # two seconds' worth wait in the queue: no more until workers take some
+        clock.now += 1.0
+        await dispatcher.dispatch_once()
+        assert len(released) == 20
+        for job_id, _ in released[:10]:  # workers take ten
+            await ledger.run(op_transition, job_id, None, State.QUEUED, State.ACCEPTED, time.time())
+        clock.now += 0.5
+        await dispatcher.dispatch_once()
+        assert len(released) == 30  # room for ten again, and at most a second of schedule made up (CATCH_UP)
+        assert {lane for _, lane in released} == {Lane.BULK}
+        assert len({job_id for job_id, _ in released}) == 30
+    finally:
+        await ledger.close()
+        sync.close()

@@ -80,7 +80,8 @@ class Dispatcher:
 
     async def _release(self, campaign: str, rate: float, moment: float, now: float) -> None:
         due = max(self._due.get(campaign, moment), moment - CATCH_UP)
-        count = math.floor((moment - due) * rate) + 1 if due <= moment else 0
+        # Every job due by now: the one due at `due` and those every 1/rate after it (the epsilon: float sums).
+        count = math.floor((moment - due) * rate + 1e-9) + 1 if due <= moment else 0
         if count <= 0:
             return
         cap = max(1, math.ceil(rate * self.horizon))
