@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
@@ -27,6 +28,7 @@ from worker.cli import main
 from worker.config import Settings
 from worker.ledger import Lane, Ledger, State, jobs
 from worker.models import parse_transfer
+from worker.processes import free_port
 from worker.producer import prepare_job
 from worker.sweeper import sweep_once
 from worker.transfer import Context
@@ -52,7 +54,8 @@ def submit(settings: Any, *arguments: str) -> None:
 async def test_a_live_job_goes_to_the_live_lane_and_a_campaign_to_bulk(
     make_stack: Callable[..., Any], broker: str, tmp_path: Path
 ) -> None:
-    stack: Stack = await make_stack(broker, "postgresql")
+    metrics_port = free_port()
+    stack: Stack = await make_stack(broker, "postgresql", worker_metrics_port=metrics_port)
     live = stack.enqueue("call-live")
     named = stack.producer.enqueue(
         {"callConnectionId": "call-named-bulk", "targetParticipant": "4:+15551234567"}, lane=Lane.BULK
@@ -66,6 +69,12 @@ async def test_a_live_job_goes_to_the_live_lane_and_a_campaign_to_bulk(
     await stack.settled(live)
     await stack.wait_for(lambda: len(stack.emulator.state.requests) == 7, "every job to be sent")
     assert {stack.job(job_id).state for job_id in (live, named)} == {State.ACCEPTED}
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{metrics_port}/metrics") as got:
+        metrics = await got.text()
+    # Each lane's wait from publish to a worker, and its depth as the broker reports it.
+    assert 'acs_transfer_queue_wait_seconds_count{lane="live"} 1.0' in metrics
+    assert 'acs_transfer_queue_wait_seconds_count{lane="bulk"} 6.0' in metrics
+    assert 'acs_transfer_queue_depth{lane="bulk"} 0.0' in metrics
 
 
 class NoSender:
