@@ -21,12 +21,19 @@ from celery import Celery
 
 from worker.celery_app import create_app
 from worker.config import Settings
-from worker.ledger import Job, NewJob, SyncLedger
+from worker.ledger import Job, Lane, NewJob, SyncLedger
 from worker.logs import get_logger
 from worker.models import TransferRequest, job_id_for_key, new_request_id, parse_transfer, request_id_for_key
 from worker.publisher import Publisher
 
 log = get_logger(__name__)
+
+
+def check_lane(lane: str) -> str:
+    """`lane` if it names a lane, else ValueError saying which ones there are."""
+    if lane not in Lane.ALL:
+        raise ValueError(f"lane must be one of {', '.join(Lane.ALL)}, not {lane!r}")
+    return lane
 
 
 CALLBACK_PATH = "/v1/callbacks"
@@ -45,6 +52,7 @@ def prepare_job(
     campaign: str | None = None,
     callback_base_url: str | None = None,
     replay_of: str | None = None,
+    lane: str = Lane.LIVE,
 ) -> NewJob:
     """Freeze a validated request as a job: its id, its request id and the exact body bytes.
 
@@ -66,6 +74,7 @@ def prepare_job(
         campaign=campaign,
         operation_context=request.operation_context,
         replay_of=replay_of,
+        lane=check_lane(lane),
     )
 
 
@@ -93,6 +102,7 @@ class Producer:
         *,
         idempotency_key: str | None = None,
         campaign: str | None = None,
+        lane: str = Lane.LIVE,
     ) -> Enqueued:
         if not isinstance(request, TransferRequest):
             request = parse_transfer(request)
@@ -103,10 +113,11 @@ class Producer:
             idempotency_key=idempotency_key,
             campaign=campaign,
             callback_base_url=self.settings.callback_base_url,
+            lane=lane,
         )
         ((job, created),) = self.ledger.create_jobs([new_job])
         if created:
-            self.publisher.publish_saved([job.id])
+            self.publisher.publish_saved([job])
         else:
             log.info("job.exists", job_id=job.id, idempotency_key=idempotency_key, state=job.state)
         return Enqueued(job, created)
@@ -165,8 +176,11 @@ def enqueue_transfer(
     voip_headers: Mapping[str, str] | None = None,
     idempotency_key: str | None = None,
     campaign: str | None = None,
+    lane: str = Lane.LIVE,
 ) -> str:
-    """Validate and enqueue one transfer; returns the job id. Raises `ValidationError` naming each bad field."""
+    """Validate and enqueue one transfer; returns the job id. Raises `ValidationError` naming each bad field.
+
+    `lane`: ``"live"`` (a caller waits for this transfer; the default) or ``"bulk"`` (it may wait behind live work)."""
     message = transfer_message(
         call_connection_id,
         target,
@@ -177,4 +191,5 @@ def enqueue_transfer(
         sip_headers=sip_headers,
         voip_headers=voip_headers,
     )
-    return default_producer().enqueue(message, idempotency_key=idempotency_key, campaign=campaign).job_id
+    producer = default_producer()
+    return producer.enqueue(message, idempotency_key=idempotency_key, campaign=campaign, lane=lane).job_id

@@ -39,6 +39,7 @@ from worker.ledger.outcomes import (
 from worker.ledger.schema import (
     Event,
     Job,
+    Lane,
     NewJob,
     Outcome,
     State,
@@ -57,6 +58,7 @@ __all__ = [
     "LEDGER_ERRORS",
     "Event",
     "Job",
+    "Lane",
     "Ledger",
     "NewJob",
     "Outcome",
