@@ -62,6 +62,18 @@ def test_enqueue_prints_the_job_id_and_status_shows_it(env: dict[str, str]) -> N
     assert document["request_id"] in text.stdout
     messages = list((Path(env["ACS_TRANSFER_HOME"]) / "broker" / "queue").glob("*.msg"))
     assert len(messages) == 1  # the second enqueue published nothing
+    assert document["lane"] == "live"
+
+
+def test_enqueue_takes_a_lane(env: dict[str, str]) -> None:
+    arguments = ["enqueue", "--call-connection-id", "call-bulk", "--target", "4:+14255550123", "--lane", "bulk"]
+    done = CliRunner().invoke(main, arguments, env=env)
+    assert done.exit_code == 0, done.output
+    shown = CliRunner().invoke(main, ["status", done.stdout.strip(), "--json"], env=env)
+    assert json.loads(shown.stdout)["lane"] == "bulk"
+    wrong = CliRunner().invoke(main, [*arguments[:-1], "fast"], env=env)
+    assert wrong.exit_code == 2
+    assert "'fast' is not one of 'live', 'bulk'" in wrong.output
 
 
 def test_enqueue_refuses_a_key_that_already_names_another_call(env: dict[str, str]) -> None:

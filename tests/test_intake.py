@@ -169,3 +169,24 @@ async def test_openapi_document_is_valid_and_public(intake: Stack) -> None:
         "/v1/transfers/{job_id}",
         "/v1/campaigns/{name}",
     }
+
+
+async def test_each_job_gets_its_lane(intake: Stack) -> None:
+    """A single transfer is live work; a batch naming a campaign is bulk; either may name its lane."""
+    _, single, _ = await call(intake, "POST", "/v1/transfers", {**GOOD, "callConnectionId": "call-lane-1"})
+    _, named, _ = await call(
+        intake, "POST", "/v1/transfers", {**GOOD, "callConnectionId": "call-lane-2", "lane": "bulk"}
+    )
+    assert (single["lane"], named["lane"]) == ("live", "bulk")
+    items = [{**GOOD, "callConnectionId": "call-lane-3"}]
+    _, campaign, _ = await call(intake, "POST", "/v1/transfers:batch", {"transfers": items, "campaign": "autumn"})
+    _, plain, _ = await call(
+        intake, "POST", "/v1/transfers:batch", {"transfers": [{**GOOD, "callConnectionId": "call-lane-4"}]}
+    )
+    lanes = [intake.job(body["results"][0]["job_id"]).lane for body in (campaign, plain)]
+    assert lanes == ["bulk", "live"]
+    status, refused, _ = await call(intake, "POST", "/v1/transfers", {**GOOD, "lane": "fast"})
+    assert status == 422
+    assert refused["error"]["details"][0]["field"] == "lane"
+    status, _, _ = await call(intake, "POST", "/v1/transfers:batch", {"transfers": items, "lane": "fast"})
+    assert status == 422

@@ -185,11 +185,13 @@ async def test_sweep_finds_orphans_and_lost_messages_once(ledger_url: str) -> No
         connection.execute(jobs.update().where(jobs.c.id == job_id).values(published_at=at))
 
     await ledger.run(touch, fresh.id, later - 1)
-    only_held = await ledger.run(op_due_for_publish, later, later - 30, False, 100)
-    assert [job_id for job_id, _ in only_held] == [held.id]
-    with_queued = await ledger.run(op_due_for_publish, later, later - 30, True, 100)
-    assert [job_id for job_id, _ in with_queued] == [queued.id]  # "held" was just re-published
-    assert await ledger.run(op_due_for_publish, later + 1, later - 30, True, 100) == []
+    busy = {"live": later - 300, "bulk": later - 300}  # queues busy: a queued job only after 300 s
+    only_held = await ledger.run(op_due_for_publish, later, later - 30, busy, 100)
+    assert [job_id for job_id, _, _ in only_held] == [held.id]
+    empty = {"live": later - 30, "bulk": later - 30}
+    with_queued = await ledger.run(op_due_for_publish, later, later - 30, empty, 100)
+    assert with_queued == [(queued.id, State.QUEUED, "live")]  # "held" was just re-published
+    assert await ledger.run(op_due_for_publish, later + 1, later - 30, empty, 100) == []
     job = await ledger.run(op_get, queued.id)
     assert job is not None
     assert job.published_at == later

@@ -118,6 +118,7 @@ class Settings:
     broker_url: str = ""
     ledger_url: str = ""
     queue: str = DEFAULT_QUEUE
+    bulk_queue: str = ""
     connect_timeout: float = 5.0
     request_timeout: float = 10.0
     max_connections: int = 100
@@ -128,6 +129,7 @@ class Settings:
     claim_lease: float = 30.0
     sweep_interval: float = 5.0
     republish_after: float = 30.0
+    republish_queued_after: float = 300.0
     worker_concurrency: int = 64
     log_level: str = "INFO"
     log_format: str = "auto"
@@ -156,6 +158,8 @@ class Settings:
     def __post_init__(self) -> None:
         if not self.broker_url:
             object.__setattr__(self, "broker_url", "filesystem://")
+        if not self.bulk_queue:
+            object.__setattr__(self, "bulk_queue", f"{self.queue}.bulk")
         if not self.ledger_url:
             object.__setattr__(self, "ledger_url", f"sqlite:///{(self.home / 'ledger.db').as_posix()}")
         if self.window_safety_margin >= self.repeatability_window:
@@ -297,6 +301,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "broker_url": ("CELERY_BROKER_URL", _text),
     "ledger_url": ("LEDGER_URL", _text),
     "queue": ("TRANSFER_QUEUE", _text),
+    "bulk_queue": ("BULK_QUEUE", _text),
     "connect_timeout": ("ACS_CONNECT_TIMEOUT", _positive(float)),
     "request_timeout": ("ACS_REQUEST_TIMEOUT", _positive(float)),
     "max_connections": ("ACS_MAX_CONNECTIONS", _positive(int)),
@@ -307,6 +312,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "claim_lease": ("CLAIM_LEASE", _positive(float)),
     "sweep_interval": ("SWEEP_INTERVAL", _positive(float)),
     "republish_after": ("REPUBLISH_AFTER", _positive(float)),
+    "republish_queued_after": ("REPUBLISH_QUEUED_AFTER", _positive(float)),
     "worker_concurrency": ("WORKER_CONCURRENCY", _positive(int)),
     "log_level": ("LOG_LEVEL", str.upper),
     "log_format": ("LOG_FORMAT", str.lower),

@@ -29,3 +29,21 @@ CALLBACKS = Counter("acs_transfer_callback_events_total", "Outcome events receiv
 INTAKE = Counter("acs_transfer_intake_requests_total", "Intake API requests by route and status", ["route", "status"])
 JOBS = Gauge("acs_transfer_jobs", "Jobs in the ledger by state", ["state"])
 LEDGER_LAG = Gauge("acs_transfer_ledger_lag_seconds", "Age of the oldest job still queued (0 when none)")
+QUEUE_DEPTH = Gauge(
+    "acs_transfer_queue_depth", "Messages ready in each lane's queue, as the broker reports it", ["lane"]
+)
+QUEUE_WAIT = Histogram(
+    "acs_transfer_queue_wait_seconds",
+    "From a job's publish to a worker taking it, per lane",
+    ["lane"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+QUEUE_OLDEST = Gauge(
+    "acs_transfer_queue_oldest_seconds", "Age of the oldest published job no worker has taken yet, per lane", ["lane"]
+)
+
+
+def set_queue_depths(depths: dict[str, int | None]) -> None:
+    for lane, depth in depths.items():
+        if depth is not None:
+            QUEUE_DEPTH.labels(lane).set(depth)

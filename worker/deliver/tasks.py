@@ -16,7 +16,7 @@ from worker.acs.entra import TokenUnavailable, check_token
 from worker.config import Settings
 from worker.deliver.messages import handle_message
 from worker.deliver.runtime import get_runtime, stop_runtime
-from worker.ledger import LEDGER_ERRORS
+from worker.ledger import LEDGER_ERRORS, Lane
 from worker.logs import configure, get_logger
 from worker.queue.app import app
 from worker.queue.broker import TASK_NAME
@@ -80,5 +80,8 @@ def _log_retry(request: Any = None, reason: object = None, **_: Any) -> None:
 )
 def transfer(self: Task[Any, Any], *args: Any, **kwargs: Any) -> str | None:
     runtime = get_runtime()
-    job = runtime.run(handle_message(runtime.context, str(self.request.id), args, kwargs))
+    task_id = str(self.request.id)
+    arrived_on = (self.request.delivery_info or {}).get("routing_key")
+    lane = Lane.BULK if arrived_on == runtime.settings.bulk_queue != runtime.settings.queue else Lane.LIVE
+    job = runtime.run(handle_message(runtime.context, task_id, args, kwargs, lane))
     return job.state if job is not None else None

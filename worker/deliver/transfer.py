@@ -37,7 +37,7 @@ from worker.ledger import (
     op_transition,
 )
 from worker.logs import get_logger
-from worker.metrics import ATTEMPTS, IN_FLIGHT, RATE_LIMIT_WAIT, REQUEST_SECONDS, RETRIES, TRANSITIONS
+from worker.metrics import ATTEMPTS, IN_FLIGHT, QUEUE_WAIT, RATE_LIMIT_WAIT, REQUEST_SECONDS, RETRIES, TRANSITIONS
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -91,6 +91,8 @@ async def send_job(job_id: str, ctx: Context) -> Job | None:
     with structlog.contextvars.bound_contextvars(
         job_id=job.id, call_connection_id=job.call_connection_id, request_id=job.request_id
     ):
+        if before == State.QUEUED and job.published_at is not None:
+            QUEUE_WAIT.labels(job.lane).observe(max(0.0, now - job.published_at))
         detail = None if before == State.QUEUED else "taken over after the previous holder's lease expired"
         log.info("job.transition", from_state=before, to_state=State.SENDING, attempt=job.attempts, detail=detail)
         TRANSITIONS.labels(State.SENDING).inc()
@@ -199,9 +201,11 @@ class _Stopped:
 
 
 async def _take_token(job: Job, ctx: Context) -> Job | _Stopped:
-    """Wait for this attempt's rate-limit tokens. A first attempt waits before First-Sent is fixed, so the wait
-    costs none of the repeatability window; a retry that could get no token before the window closes is not
-    sent. The lease is stretched over a long wait so the sweeper does not hand the job to another worker."""
+    """Wait for this attempt's global rate-limit token (a campaign's pace is kept by the dispatcher, before the
+    job's message is published). A first attempt waits before First-Sent is fixed, so the wait costs none of the
+    repeatability window; a retry goes before first attempts, and one that could get no token before the window
+    closes is not sent. The lease is stretched over a long wait so the sweeper does not hand the job to another
+    worker."""
     held = job
     deadline = None if job.first_sent is None else job.first_sent + ctx.settings.send_deadline
 
@@ -222,7 +226,7 @@ async def _take_token(job: Job, ctx: Context) -> Job | _Stopped:
     now = ctx.clock()
     if deadline is not None and now >= deadline:
         return job  # the window check that follows settles it
-    turn = await ctx.limiter.acquire(job.campaign, None if deadline is None else deadline - now, wait)
+    turn = await ctx.limiter.acquire(deadline is not None, None if deadline is None else deadline - now, wait)
     if turn is Turn.ABANDONED:
         log.warning("job.lost_claim", reason="another worker took the job over while it waited for a token")
         return _Stopped(None)

@@ -41,6 +41,7 @@ from worker.ledger.outcomes import (
 from worker.ledger.schema import (
     Event,
     Job,
+    Lane,
     NewJob,
     Outcome,
     State,
@@ -59,6 +60,7 @@ __all__ = [
     "LEDGER_ERRORS",
     "Event",
     "Job",
+    "Lane",
     "Ledger",
     "NewJob",
     "Outcome",

@@ -53,12 +53,11 @@ _CLAIM_QUEUED = (
     .values(state=State.SENDING, worker=_bp("p_worker"), lease_until=_bp("p_lease"), updated_at=_bp("p_now"))
     .returning(*jobs.c)
 )
-# A queued job's first attempt starts with its claim (First-Sent committed with it, before the request) unless
-# its campaign is paced: a paced job must get its token before First-Sent is fixed.
-_PACED_CAMPAIGN = sa.exists().where(campaigns.c.name == jobs.c.campaign, campaigns.c.rate > 0)
+# A queued job's first attempt starts with its claim (First-Sent committed with it, before the request) when no
+# global rate-limit token is needed (a campaign's pace was kept before its job was published).
 _CLAIM_QUEUED_AND_START = (
     jobs.update()
-    .where(jobs.c.id == _bp("p_id"), jobs.c.state == State.QUEUED, ~_PACED_CAMPAIGN)
+    .where(jobs.c.id == _bp("p_id"), jobs.c.state == State.QUEUED)
     .values(
         state=State.SENDING,
         worker=_bp("p_worker"),
@@ -180,6 +179,7 @@ def _in_one_transaction(connection: Connection, calls: Sequence[Callable[[Connec
 
 def op_create_jobs(connection: Connection, new_jobs: Sequence[NewJob], now: float) -> list[tuple[Job, bool]]:
     """Insert jobs that do not exist yet (by id or idempotency key); return each job and whether it is new."""
+    held = _paced_campaigns(connection, {job.campaign for job in new_jobs if job.campaign is not None})
     rows = [
         {
             "id": job.id,
@@ -193,7 +193,9 @@ def op_create_jobs(connection: Connection, new_jobs: Sequence[NewJob], now: floa
             "attempts": 0,
             "operation_context": job.operation_context,
             "replay_of": job.replay_of,
-            "published_at": now,
+            "lane": job.lane,
+            # A paced campaign's job is published by the dispatcher, at the campaign's rate: not yet.
+            "published_at": None if job.campaign in held else now,
             "created_at": now,
             "updated_at": now,
         }
@@ -233,6 +235,13 @@ def op_create_jobs(connection: Connection, new_jobs: Sequence[NewJob], now: floa
     return results
 
 
+def _paced_campaigns(connection: Connection, names: set[str]) -> set[str]:
+    if not names:
+        return set()
+    query = sa.select(campaigns.c.name).where(campaigns.c.name.in_(names), campaigns.c.rate > 0)
+    return set(connection.execute(query).scalars())
+
+
 def op_get(connection: Connection, job_id: str) -> Job | None:
     row = connection.execute(_SELECT_JOB, {"p_id": job_id}).first()
     return Job.from_row(row) if row is not None else None
@@ -263,7 +272,7 @@ def op_claim(
     first_sent: int | None = None,
 ) -> tuple[Job, str] | None:
     """Take the job if it is queued or its holder's lease ran out: (job, its state before), or None if another
-    worker holds it, it is settled, or it does not exist. With `first_sent`, a queued job of no paced campaign
+    worker holds it, it is settled, or it does not exist. With `first_sent`, a queued job
     starts its first attempt in the same write (attempts 1, First-Sent fixed)."""
     params = {"p_id": job_id, "p_worker": worker, "p_now": now, "p_lease": lease_until, "p_first_sent": first_sent}
     row = None if first_sent is None else connection.execute(_CLAIM_QUEUED_AND_START, params).first()
@@ -429,22 +438,27 @@ def op_extend_lease(
 
 
 def op_due_for_publish(
-    connection: Connection, now: float, republish_before: float, include_queued: bool, limit: int
-) -> list[tuple[str, str]]:
-    """Jobs whose message may be lost, as (id, state); their publish time is bumped so one sweep takes each."""
-    orphaned = sa.and_(jobs.c.state.in_(State.HELD), jobs.c.lease_until < now)
-    condition = sa.or_(jobs.c.state == State.QUEUED, orphaned) if include_queued else orphaned
+    connection: Connection, now: float, republish_before: float, queued_before: dict[str, float], limit: int
+) -> list[tuple[str, str, str]]:
+    """Jobs whose message may be lost, as (id, state, lane): held jobs whose lease ran out (published before
+    `republish_before`) and queued jobs published before their lane's bound in `queued_before`. Jobs awaiting
+    their dispatch (never published) are the dispatcher's. Their publish time is bumped so one sweep takes each."""
+    orphaned = sa.and_(jobs.c.state.in_(State.HELD), jobs.c.lease_until < now, jobs.c.published_at < republish_before)
+    waiting = [
+        sa.and_(jobs.c.state == State.QUEUED, jobs.c.lane == lane, jobs.c.published_at < before)
+        for lane, before in queued_before.items()
+    ]
     query = (
-        sa.select(jobs.c.id, jobs.c.state)
-        .where(condition, sa.or_(jobs.c.published_at.is_(None), jobs.c.published_at < republish_before))
+        sa.select(jobs.c.id, jobs.c.state, jobs.c.lane)
+        .where(sa.or_(orphaned, *waiting))
         .order_by(jobs.c.published_at)
         .limit(limit)
     )
     if connection.dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
-    due = [(row.id, row.state) for row in connection.execute(query)]
+    due = [(row.id, row.state, row.lane) for row in connection.execute(query)]
     if due:
-        connection.execute(jobs.update().where(jobs.c.id.in_([i for i, _ in due])).values(published_at=now))
+        connection.execute(jobs.update().where(jobs.c.id.in_([i for i, _, _ in due])).values(published_at=now))
     return due
 
 

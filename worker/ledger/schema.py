@@ -37,6 +37,15 @@ class State:
     REPLAYABLE = (FAILED, DEAD)
 
 
+class Lane:
+    """The two lanes a job travels in: live work (one transfer a caller waits for) goes before bulk work."""
+
+    LIVE = "live"
+    BULK = "bulk"
+
+    ALL = (LIVE, BULK)
+
+
 metadata = sa.MetaData()
 
 jobs = sa.Table(
@@ -74,7 +83,10 @@ jobs = sa.Table(
     # An operator's replay: the new job points at the original and the original at its replacement.
     sa.Column("replay_of", sa.String(64)),
     sa.Column("replayed_by", sa.String(64)),
+    # The lane the job's messages go to; published_at is NULL while a paced campaign's job awaits its dispatch.
+    sa.Column("lane", sa.String(10), nullable=False, server_default=Lane.LIVE),
     sa.Index("ix_jobs_state_published", "state", "published_at"),
+    sa.Index("ix_jobs_campaign_state", "campaign", "state", "published_at"),
     sa.Index("ix_jobs_call", "call_connection_id"),
 )
 
@@ -161,6 +173,7 @@ class Job:
     settled_at: float | None
     replay_of: str | None
     replayed_by: str | None
+    lane: str = Lane.LIVE
 
     @property
     def identity(self) -> tuple[str, str]:
@@ -193,6 +206,7 @@ class NewJob:
     campaign: str | None = None
     operation_context: str | None = None
     replay_of: str | None = None
+    lane: str = Lane.LIVE
 
     @property
     def identity(self) -> tuple[str, str]:

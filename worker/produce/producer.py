@@ -19,7 +19,7 @@ from typing import Any
 from celery import Celery
 
 from worker.config import Settings
-from worker.ledger import Job, SyncLedger
+from worker.ledger import Job, Lane, SyncLedger
 from worker.logs import get_logger
 from worker.queue.app import create_app
 from worker.queue.publisher import Publisher
@@ -53,6 +53,7 @@ class Producer:
         *,
         idempotency_key: str | None = None,
         campaign: str | None = None,
+        lane: str = Lane.LIVE,
     ) -> Enqueued:
         if not isinstance(request, TransferRequest):
             request = parse_transfer(request)
@@ -63,10 +64,11 @@ class Producer:
             idempotency_key=idempotency_key,
             campaign=campaign,
             callback_base_url=self.settings.callback_base_url,
+            lane=lane,
         )
         ((job, created),) = self.ledger.create_jobs([new_job])
         if created:
-            self.publisher.publish_saved([job.id])
+            self.publisher.publish_saved([job])
         else:
             log.info("job.exists", job_id=job.id, idempotency_key=idempotency_key, state=job.state)
         return Enqueued(job, created)
@@ -125,8 +127,11 @@ def enqueue_transfer(
     voip_headers: Mapping[str, str] | None = None,
     idempotency_key: str | None = None,
     campaign: str | None = None,
+    lane: str = Lane.LIVE,
 ) -> str:
-    """Validate and enqueue one transfer; returns the job id. Raises `ValidationError` naming each bad field."""
+    """Validate and enqueue one transfer; returns the job id. Raises `ValidationError` naming each bad field.
+
+    `lane`: ``"live"`` (a caller waits for this transfer; the default) or ``"bulk"`` (it may wait behind live work)."""
     message = transfer_message(
         call_connection_id,
         target,
@@ -137,4 +142,5 @@ def enqueue_transfer(
         sip_headers=sip_headers,
         voip_headers=voip_headers,
     )
-    return default_producer().enqueue(message, idempotency_key=idempotency_key, campaign=campaign).job_id
+    producer = default_producer()
+    return producer.enqueue(message, idempotency_key=idempotency_key, campaign=campaign, lane=lane).job_id

@@ -8,8 +8,16 @@ from __future__ import annotations
 
 import uuid
 
-from worker.ledger import NewJob
+from worker.ledger import Lane, NewJob
 from worker.request.models import TransferRequest, job_id_for_key, new_request_id, request_id_for_key
+
+
+def check_lane(lane: str) -> str:
+    """`lane` if it names a lane, else ValueError saying which ones there are."""
+    if lane not in Lane.ALL:
+        raise ValueError(f"lane must be one of {', '.join(Lane.ALL)}, not {lane!r}")
+    return lane
+
 
 CALLBACK_PATH = "/v1/callbacks"
 
@@ -27,6 +35,7 @@ def prepare_job(
     campaign: str | None = None,
     callback_base_url: str | None = None,
     replay_of: str | None = None,
+    lane: str = Lane.LIVE,
 ) -> NewJob:
     """Freeze a validated request as a job: its id, its request id and the exact body bytes.
 
@@ -48,4 +57,5 @@ def prepare_job(
         campaign=campaign,
         operation_context=request.operation_context,
         replay_of=replay_of,
+        lane=check_lane(lane),
     )

@@ -48,6 +48,7 @@ _TRANSFER = {
             },
         },
         "campaign": {"type": "string"},
+        "lane": {"type": "string", "enum": ["live", "bulk"], "description": "live (default) or bulk"},
     },
 }
 _JOB = {
@@ -139,6 +140,11 @@ OPENAPI: dict[str, Any] = {
                                 "required": ["transfers"],
                                 "properties": {
                                     "campaign": {"type": "string"},
+                                    "lane": {
+                                        "type": "string",
+                                        "enum": ["live", "bulk"],
+                                        "description": "bulk when a campaign is named, else live",
+                                    },
                                     "transfers": {
                                         "type": "array",
                                         "items": {
