@@ -8,7 +8,7 @@ checks it, see docs/architecture.md):
     cli/ · emulator/        the command line, the demo, and the local ACS (top)
     serve/                  HTTP intake, OpenAPI, the outcome-event receiver and its token check
     produce/ | deliver/     producer API, replay, campaigns, reports | task, message → job, runtime, send loop,
-                            pacing, sweeper, poison-message consumer (the two never import each other)
+                            pacing, dispatcher, sweeper, poison-message consumer (the two never import each other)
     health/                 health checks and the /metrics /healthz /readyz probes
     queue/ | acs/           Celery app, broker config, publishing | HMAC signing, Entra ID tokens, the ACS client
     request/                identifiers, the transfer request, building a job from it
