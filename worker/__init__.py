@@ -13,7 +13,7 @@ checks it, see docs/architecture.md):
     queue/ | acs/           Celery app, broker config, publishing | HMAC signing, Entra ID tokens, the ACS client
     request/                identifiers, the transfer request, building a job from it
     ledger/                 every SQL statement: schema, operations, stores, campaigns
-    config · effective_config · errors · logs · redact · metrics · processes      (bottom: import no stage)
+    config · effective_config · errors · logs · redact · metrics · processes · text    (bottom: import no stage)
 """
 
 from __future__ import annotations

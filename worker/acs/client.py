@@ -34,7 +34,9 @@ import yarl
 from worker.acs import signing
 from worker.acs.entra import AccessTokens, TokenUnavailable, challenge_claims
 from worker.config import AcsAuth, EntraIdEndpoint
+from worker.ledger.limits import LAST_ERROR
 from worker.logs import get_logger
+from worker.text import storable
 
 log = get_logger(__name__)
 USER_AGENT = "acs-transfer/0.1"
@@ -127,22 +129,16 @@ def _error_detail(body: bytes) -> tuple[str | None, str | None]:
         error = json.loads(body)["error"]
         code, message = error.get("code"), error.get("message")
         return (
-            _storable(str(code), _MAX_CODE) if code is not None else None,
-            _storable(str(message), _MAX_MESSAGE) if message is not None else None,
+            storable(str(code), _MAX_CODE) if code is not None else None,
+            storable(str(message), _MAX_MESSAGE) if message is not None else None,
         )
     except (ValueError, TypeError, KeyError, AttributeError):
         text = body[:300].decode(errors="replace").strip()
-        return None, _storable(text, _MAX_MESSAGE) or None
+        return None, storable(text, _MAX_MESSAGE) or None
 
 
-_MAX_CODE = 200  # the ledger's last_error column
+_MAX_CODE = LAST_ERROR
 _MAX_MESSAGE = 1000
-
-
-def _storable(text: str, limit: int) -> str:
-    """`text` as every ledger stores it (NUL and lone surrogates escaped), cut to `limit`: whatever ACS puts in
-    an error, writing the answer must not fail on it every time."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")[:limit]
 
 
 def transfer_path(call_connection_id: str, api_version: str) -> str:

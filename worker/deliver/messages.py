@@ -19,15 +19,16 @@ from typing import Any
 from worker.deliver.transfer import Context, send_job
 from worker.errors import IdempotencyConflict, ValidationError
 from worker.ledger import Job, Lane, State, op_create_jobs, op_record_dead_message
+from worker.ledger.limits import CAMPAIGN, IDEMPOTENCY_KEY, JOB_ID, MESSAGE_ID
 from worker.logs import get_logger
 from worker.request.job import prepare_job
 from worker.request.models import job_id_for_key, parse_transfer
+from worker.text import storable
 
 log = get_logger(__name__)
 _KNOWN = {"job_id", "request", "idempotency_key", "campaign", "lane"}
 # The ledger's column sizes: a longer value would fail the insert on PostgreSQL, every time the message came back.
-_LIMITS = {"job_id": 64, "idempotency_key": 512, "campaign": 200}
-_MAX_MESSAGE_ID = 200
+_LIMITS = {"job_id": JOB_ID, "idempotency_key": IDEMPOTENCY_KEY, "campaign": CAMPAIGN}
 _MAX_REASON = 2000
 _MAX_PAYLOAD = 100_000
 
@@ -36,19 +37,13 @@ class BadMessage(ValueError):
     """The message cannot become a job."""
 
 
-def storable(text: str, limit: int) -> str:
-    """`text` as any ledger can store it: lone surrogates and NUL (which PostgreSQL refuses) escaped, cut to
-    `limit` characters, so recording a poison message can never fail because of what the message holds."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")[:limit]
-
-
 def _is_plain(text: str) -> bool:
     return not any(ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 or 0xD800 <= ord(ch) < 0xE000 for ch in text)
 
 
 async def record_dead_message(ctx: Context, message_id: str | None, reason: str, payload: object) -> None:
     text = payload if isinstance(payload, str) else json.dumps(payload, default=repr)
-    message_id = None if message_id is None else storable(message_id, _MAX_MESSAGE_ID)
+    message_id = None if message_id is None else storable(message_id, MESSAGE_ID)
     reason = storable(reason, _MAX_REASON)
     await ctx.ledger.run(op_record_dead_message, message_id, reason, storable(text, _MAX_PAYLOAD), ctx.clock())
     log.error("message.dead", message_id=message_id, reason=reason)

@@ -15,8 +15,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from worker.ledger import Job, State, campaigns, job_events, jobs
+from worker.ledger.limits import CAMPAIGN
 
-MAX_NAME_LENGTH = 200
+MAX_NAME_LENGTH = CAMPAIGN
 #: the states a job can still leave on its own; a campaign with none of them is settled
 ACTIVE = (State.QUEUED, State.SENDING, State.RETRY_WAIT)
 _RATE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(?:/\s*(s|sec|second|m|min|minute|h|hour))?\s*$", re.IGNORECASE)

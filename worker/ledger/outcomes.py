@@ -9,8 +9,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from worker.errors import JobNotFound, ReplayRefused
+from worker.ledger.limits import JOB_ID
 from worker.ledger.operations import _event, _insert_ignoring_conflicts, op_create_jobs, op_get
-from worker.ledger.schema import Job, NewJob, Outcome, State, callback_events, can_store, jobs
+from worker.ledger.schema import Job, NewJob, Outcome, State, callback_events, jobs
+from worker.text import can_store
 
 
 def op_record_event(
@@ -213,7 +215,7 @@ class Received:
 def op_receive(connection: Connection, event: TransferEvent, path_job_id: str | None, now: float) -> Received:
     """Dedupe, correlate and apply one event in one transaction."""
     job_id, unmatched_because = path_job_id, None
-    if job_id is not None and (len(job_id) > 64 or not can_store(job_id)):
+    if job_id is not None and (len(job_id) > JOB_ID or not can_store(job_id)):
         job_id, unmatched_because = None, "the URI names no job"  # no job has such an id
     elif job_id is not None:
         job = op_get(connection, job_id)

@@ -237,8 +237,3 @@ class Outcome:
     code: int | None
     subcode: int | None
     message: str | None
-
-
-def can_store(text: str) -> bool:
-    """Whether the ledger can keep `text`: PostgreSQL refuses NUL, and a lone surrogate has no UTF-8 form."""
-    return "\x00" not in text and not any(0xD800 <= ord(ch) < 0xE000 for ch in text)

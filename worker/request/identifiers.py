@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from worker.errors import Issue
+from worker.text import has_lone_surrogates
 
 E164 = re.compile(r"\A\+[1-9][0-9]{1,14}\Z")  # \Z: "$" would also match before a trailing newline
 
@@ -89,7 +90,7 @@ def _bad_text(text: str) -> str | None:
         return f"must be at most {_MAX_ID_LENGTH} characters"
     if any(ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 for ch in text):
         return "must not contain control characters"
-    if any(0xD800 <= ord(ch) < 0xE000 for ch in text):
+    if has_lone_surrogates(text):
         return "must not contain lone surrogates (not encodable as UTF-8)"
     return None
 

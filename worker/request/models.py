@@ -19,6 +19,7 @@ from urllib.parse import quote, urlsplit
 
 from worker.errors import Issue, ValidationError
 from worker.request.identifiers import E164, Identifier, parse_identifier, phone_number
+from worker.text import can_store, has_lone_surrogates
 
 SIP_CUSTOM_PREFIX = "X-MS-Custom-"
 SIP_UUI_HEADER = "User-To-User"
@@ -157,11 +158,6 @@ def _has_control_characters(text: str) -> bool:
     return any(ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 for ch in text)
 
 
-def _has_lone_surrogates(text: str) -> bool:
-    """JSON can carry an unpaired ``\\ud800``; such a string has no UTF-8 form, so it could never be sent."""
-    return any(0xD800 <= ord(ch) < 0xE000 for ch in text)
-
-
 def _call_connection_id(value: object, issues: list[Issue]) -> str | None:
     name = "callConnectionId"
     if not isinstance(value, str):
@@ -171,7 +167,7 @@ def _call_connection_id(value: object, issues: list[Issue]) -> str | None:
         issues.append(Issue(name, "must not be empty"))
     elif value != value.strip() or _has_control_characters(value):
         issues.append(Issue(name, "must not contain whitespace at its ends or control characters"))
-    elif _has_lone_surrogates(value):
+    elif has_lone_surrogates(value):
         issues.append(Issue(name, "must not contain lone surrogates (not encodable as UTF-8)"))
     elif value in {".", ".."}:
         issues.append(Issue(name, "must not be a dot segment"))
@@ -196,7 +192,7 @@ def _identifier(data: Mapping[Any, Any], name: str, issues: list[Issue], require
 def _optional_string(data: Mapping[Any, Any], name: str, issues: list[Issue]) -> str | None:
     value = data.get(name)
     # NUL is refused too: the ledger keeps this value, and PostgreSQL cannot store NUL in text.
-    if value is None or (isinstance(value, str) and not _has_lone_surrogates(value) and "\x00" not in value):
+    if value is None or (isinstance(value, str) and can_store(value)):
         return value
     issues.append(Issue(name, "must be a string encodable as UTF-8 (no lone surrogates, no NUL characters)"))
     return None
@@ -221,7 +217,7 @@ def _callback_uri(value: object, issues: list[Issue]) -> str | None:
     if len(value) > MAX_URI_LENGTH or _has_control_characters(value) or " " in value:
         issues.append(Issue(name, f"must be a URI of at most {MAX_URI_LENGTH} characters without spaces"))
         return None
-    if "\\" in value or _has_lone_surrogates(value):
+    if "\\" in value or has_lone_surrogates(value):
         # WHATWG and .NET parsers read a backslash as "/": http://evil\@127.0.0.1/ would reach evil, not loopback.
         issues.append(Issue(name, "must not contain backslashes or lone surrogates"))
         return None
@@ -274,7 +270,7 @@ def _string_map(value: object, name: str, issues: list[Issue]) -> dict[str, str]
     for key, header_value in value.items():
         if not isinstance(key, str) or not isinstance(header_value, str):
             issues.append(Issue(f"{name}[{key!r}]", "keys and values must be strings"))
-        elif not key or any(_has_control_characters(t) or _has_lone_surrogates(t) for t in (key, header_value)):
+        elif not key or any(_has_control_characters(t) or has_lone_surrogates(t) for t in (key, header_value)):
             issues.append(Issue(f"{name}[{key!r}]", "must be non-empty, without control characters or lone surrogates"))
         else:
             headers[key] = header_value

@@ -24,12 +24,13 @@ from aiohttp import web
 
 from worker.errors import CallbackRejected
 from worker.ledger import Ledger, Outcome, State
+from worker.ledger.limits import EVENT_ID
 from worker.ledger.outcomes import Received, TransferEvent, op_receive
-from worker.ledger.schema import can_store
 from worker.logs import get_logger
 from worker.metrics import CALLBACKS
 from worker.request.job import CALLBACK_PATH
 from worker.serve.tokens import TokenVerifier
+from worker.text import can_store
 
 log = get_logger(__name__)
 TRANSFER_OUTCOMES = {
@@ -43,7 +44,7 @@ def parse_event(event: object) -> TransferEvent | str:
     if not isinstance(event, Mapping):
         return "not an object"
     event_id, event_type, data = event.get("id"), event.get("type"), event.get("data")
-    if not isinstance(event_id, str) or not event_id or len(event_id) > 200 or not isinstance(event_type, str):
+    if not isinstance(event_id, str) or not event_id or len(event_id) > EVENT_ID or not isinstance(event_type, str):
         return "missing id or type"
     if event_type not in TRANSFER_OUTCOMES:
         return f"not a transfer outcome ({event_type[:100]!r})"

@@ -1,0 +1,26 @@
+"""The text rules every way in shares: what can be encoded as UTF-8 and what the ledger can store.
+
+JSON can carry an unpaired surrogate (``\\ud800``), which has no UTF-8 form, and PostgreSQL refuses NUL in text.
+Values that are validated are refused with these (`has_lone_surrogates`, `can_store`); values that are only
+recorded (a poison message, an error ACS sent) are made storable instead (`storable`). The widths of the
+ledger's columns are in `worker.ledger.limits`.
+"""
+
+from __future__ import annotations
+
+
+def has_lone_surrogates(text: str) -> bool:
+    """Whether `text` holds an unpaired surrogate: such a string has no UTF-8 form, so it can be neither sent
+    nor stored."""
+    return any(0xD800 <= ord(ch) < 0xE000 for ch in text)
+
+
+def can_store(text: str) -> bool:
+    """Whether the ledger can keep `text`: PostgreSQL refuses NUL, and a lone surrogate has no UTF-8 form."""
+    return "\x00" not in text and not has_lone_surrogates(text)
+
+
+def storable(text: str, limit: int) -> str:
+    """`text` as any ledger can store it: lone surrogates and NUL escaped, cut to `limit` characters, so that
+    recording it can never fail because of what it holds."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")[:limit]
