@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from worker.ledger import Job, State, campaigns, job_events, jobs
 from worker.ledger.limits import CAMPAIGN
+from worker.ledger.operations import dialect_insert
 
 MAX_NAME_LENGTH = CAMPAIGN
 #: the states a job can still leave on its own; a campaign with none of them is settled
@@ -53,8 +53,7 @@ class Campaign:
 
 def op_save_campaign(connection: Connection, name: str, rate: float | None, source: str | None, now: float) -> Campaign:
     """Create the campaign, or update it: a given rate replaces the stored one, no rate keeps it."""
-    dialect = connection.dialect.name
-    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(campaigns)
+    insert = dialect_insert(connection, campaigns)
     row = {"name": name, "rate": rate, "source": source, "created_at": now, "updated_at": now}
     connection.execute(insert.on_conflict_do_nothing(), [row])
     changes: dict[str, Any] = {"updated_at": now, "source": source}

@@ -32,12 +32,16 @@ from worker.ledger.schema import (
 R = TypeVar("R")
 
 
+def dialect_insert(connection: Connection, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT with the connection's dialect's ON CONFLICT clauses: the one place the two dialects differ here."""
+    return (postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert)(table)
+
+
 def _insert_ignoring_conflicts(
     connection: Connection, table: sa.Table, rows: Sequence[dict[str, Any]], returning: sa.Column[Any]
 ) -> set[Any]:
     """Insert the rows that conflict with no unique key; return `returning` of those inserted."""
-    dialect = connection.dialect.name
-    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+    insert = dialect_insert(connection, table)
     result = connection.execute(insert.on_conflict_do_nothing().returning(returning), list(rows))
     return set(result.scalars().all())
 
