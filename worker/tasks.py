@@ -15,7 +15,7 @@ from celery import Task, signals
 from worker.broker import TASK_NAME
 from worker.celery_app import app
 from worker.config import Settings
-from worker.entra import TokenUnavailable, check_token
+from worker.entra import START_CHECK_SECONDS, TokenUnavailable, check_token
 from worker.ledger import LEDGER_ERRORS, Lane
 from worker.logs import configure, get_logger
 from worker.messages import handle_message
@@ -38,7 +38,7 @@ def _check_entra_credential(**_: Any) -> None:
     if not settings.acs_endpoint:
         return
     try:
-        detail = check_token(settings.request_timeout)
+        detail = check_token(max(settings.request_timeout, START_CHECK_SECONDS))
     except TokenUnavailable as error:
         log.error("worker.refused", reason=str(error))
         raise SystemExit(1) from None
