@@ -34,6 +34,9 @@ SCOPE = "https://communication.azure.com//.default"
 REFRESH_MARGIN = 300.0
 #: never send a token closer to its expiry than this: it could expire on the way
 MIN_REMAINING = 2.0
+#: how long a worker waits at start for its first token: an identity endpoint (IMDS, a token exchange) may take
+#: seconds to answer, and a slow first answer is no reason to refuse to start
+START_CHECK_SECONDS = 30.0
 #: azure-identity's variables whose values are secrets
 _SECRET_VARIABLES = ("AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PASSWORD", "AZURE_PASSWORD")
 _ADVICE = re.compile(r"^(To mitigate|For more information|Visit|See)\b", re.IGNORECASE)

@@ -12,7 +12,7 @@ from typing import Any
 import structlog
 from celery import Task, signals
 
-from worker.acs.entra import TokenUnavailable, check_token
+from worker.acs.entra import START_CHECK_SECONDS, TokenUnavailable, check_token
 from worker.config import Settings
 from worker.deliver.messages import handle_message
 from worker.deliver.runtime import get_runtime, stop_runtime
@@ -38,7 +38,7 @@ def _check_entra_credential(**_: Any) -> None:
     if not settings.acs_endpoint:
         return
     try:
-        detail = check_token(settings.request_timeout)
+        detail = check_token(max(settings.request_timeout, START_CHECK_SECONDS))
     except TokenUnavailable as error:
         log.error("worker.refused", reason=str(error))
         raise SystemExit(1) from None
