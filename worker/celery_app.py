@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from celery import Celery
+import sys
+from typing import Any
+
+from celery import Celery, signals
 
 from worker.broker import celery_config
 from worker.config import Settings
+from worker.errors import ConfigError
 
 
 def create_app(settings: Settings | None = None) -> Celery:
@@ -19,3 +23,18 @@ def create_app(settings: Settings | None = None) -> Celery:
 
 
 app = create_app()
+
+
+@signals.celeryd_init.connect
+def refuse_a_bad_configuration(**_: Any) -> None:
+    """Before a worker connects or consumes: every setting valid, and the ACS credentials sending needs present.
+
+    One line naming each variable and its rule, exit status 1; a worker that started anyway would fail every
+    message it took.
+    """
+    try:
+        Settings.from_env().acs  # noqa: B018 - parsed for its checks
+    except ConfigError as error:
+        sys.stderr.write(f"acs-transfer worker: configuration error: {error}\n")
+        sys.stderr.flush()
+        raise SystemExit(1) from None

@@ -20,6 +20,7 @@ from celery import Celery
 
 from worker.celery_app import create_app
 from worker.config import Settings
+from worker.errors import Issue, ValidationError
 from worker.ledger import Job, NewJob, SyncLedger
 from worker.logs import get_logger
 from worker.models import TransferRequest, job_id_for_key, new_request_id, parse_transfer, request_id_for_key
@@ -82,7 +83,7 @@ class Producer:
     """Enqueues transfers for one configuration. Thread-safe; reuse one per process."""
 
     def __init__(self, settings: Settings | None = None, app: Celery | None = None) -> None:
-        self.settings = settings or Settings.from_env()
+        self.settings = (settings or Settings.from_env()).check()
         self.ledger = SyncLedger(self.settings.ledger_url)
         self.publisher = Publisher(app or create_app(self.settings), self.settings)
 
@@ -96,7 +97,7 @@ class Producer:
         if not isinstance(request, TransferRequest):
             request = parse_transfer(request)
         if idempotency_key is not None and not idempotency_key.strip():
-            raise ValueError("idempotency_key must not be blank")
+            raise ValidationError([Issue("idempotency_key", "must not be blank")])
         new_job = prepare_job(
             request,
             idempotency_key=idempotency_key,

@@ -19,6 +19,7 @@ log = get_logger(__name__)
 
 async def create_app(settings: Settings) -> web.Application:
     """The application with its resources opened (ledger pool, HTTP session); they close with the app."""
+    settings.check()
     if settings.callback_verify and not settings.acs_resource_id:
         raise ConfigError(
             "ACS_RESOURCE_ID must be set to verify callback tokens (or CALLBACK_VERIFY=false for local development)"

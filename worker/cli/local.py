@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import secrets
 import sys
 from typing import Any
 
 import click
 
-from worker.cli.common import settings
+from worker.cli.common import LISTEN_ERRORS, listen_failure, settings
+from worker.config import AcsCredentials
 
 
 @click.command()
@@ -18,19 +20,36 @@ from worker.cli.common import settings
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="Private key of --tls-cert.")
 @click.option("--faults", "faults_file", type=click.File(), help="Initial fault plan (JSON, as PUT /_emulator/faults).")
 def emulator(host: str, port: int, tls_cert: str | None, tls_key: str | None, faults_file: Any) -> None:
-    """Run the local ACS emulator, verifying signatures with the key in ACS_CONNECTION_STRING."""
+    """Run the local ACS emulator, verifying signatures with the key in ACS_CONNECTION_STRING (without it, with a
+    key made for this run, printed as the connection string to use)."""
     import ssl  # noqa: PLC0415
 
     from worker.emulator import EmulatorConfig, FaultPlan, run_emulator  # noqa: PLC0415
+    from worker.emulator.config import DEFAULT_RESOURCE_ID  # noqa: PLC0415
 
-    key = settings().acs.access_key
+    config = settings()
+    scheme = "https" if tls_cert else "http"
+    reachable = f"{scheme}://{'127.0.0.1' if host in {'0.0.0.0', '::', ''} else host}:{port}"  # noqa: S104
+    if config.acs_connection_string:
+        key = config.acs.access_key
+    else:
+        key = secrets.token_bytes(32)
+        click.echo("ACS_CONNECTION_STRING is not set: this emulator made a key for this run.", err=True)
+        click.echo("Workers, producers and `acs-transfer serve` must use (paste into their shells):", err=True)
+        click.echo(f"export ACS_CONNECTION_STRING='{AcsCredentials(reachable, key).connection_string()}'")
+    click.echo("`acs-transfer serve` verifies this emulator's outcome events with:", err=True)
+    click.echo(f"export ACS_RESOURCE_ID={DEFAULT_RESOURCE_ID} CALLBACK_JWKS_URL={reachable}/calling/keys", err=True)
     faults = FaultPlan.from_json(json.load(faults_file)) if faults_file else FaultPlan()
     context = None
     if tls_cert:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(tls_cert, tls_key)
-    click.echo(f"ACS emulator on {'https' if context else 'http'}://{host}:{port}", err=True)
-    run_emulator(EmulatorConfig(access_key=key, faults=faults), host, port, ssl_context=context)
+    try:
+        run_emulator(EmulatorConfig(access_key=key, faults=faults), host, port, ssl_context=context)
+    except OSError as error:
+        if error.errno not in LISTEN_ERRORS:
+            raise
+        raise click.ClickException(listen_failure(host, port, error)) from None
 
 
 @click.command()

@@ -1,0 +1,197 @@
+"""Fail fast, speak plainly: every process refuses a bad configuration at start with one line naming the variable
+and its rule, and every command turns an expected failure into one line (a traceback only with --debug)."""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from worker.config import ENVIRONMENT, Settings, read_env
+from worker.errors import ConfigError, ValidationError
+from worker.ledger import State
+from worker.producer import Producer
+
+VARIABLES = {variable for variable, _ in ENVIRONMENT.values()}
+KEY = base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def clean_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
+    """The test process's environment without any setting, plus a home and ledger of the test's own."""
+    base = {key: value for key, value in os.environ.items() if key not in VARIABLES and key != "ACS_TRANSFER_DEBUG"}
+    return {
+        **base,
+        "ACS_TRANSFER_HOME": str(tmp_path / "home"),
+        "LEDGER_URL": f"sqlite:///{tmp_path / 'ledger.db'}",
+        "ACS_CONNECTION_STRING": f"endpoint=http://127.0.0.1:9/;accesskey={KEY}",
+        "LOG_LEVEL": "WARNING",
+        **overrides,
+    }
+
+
+def run(command: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def cli(*arguments: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return run([sys.executable, "-m", "worker.cli", *arguments], env)
+
+
+def issues_of(environ: dict[str, str]) -> dict[str, str]:
+    return {issue.field: issue.rule for issue in read_env(environ)[1]}
+
+
+# --- the rules ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        ("ACS_CONNECTION_STRING", "endpoint=http://acs.example.com/;accesskey=aGVsbG8=", "https"),
+        ("ACS_CONNECTION_STRING", "endpoint=https://acs.example.com/;accesskey=", "endpoint=https://"),
+        ("ACS_CONNECTION_STRING", "endpoint=https://acs.example.com/;accesskey=!!", "base64"),
+        ("LOG_LEVEL", "loud", "DEBUG, INFO, WARNING, ERROR"),
+        ("LOG_FORMAT", "xml", "auto, json, console"),
+        ("CELERY_BROKER_URL", "kafka://broker:9092", "amqp://"),
+        ("LEDGER_URL", "mysql://u@h/db", "postgresql://"),
+        ("REPEATABILITY_SAFETY_MARGIN", "-1", "non-negative"),
+        ("REPEATABILITY_SAFETY_MARGIN", "300", "below REPEATABILITY_WINDOW"),
+        ("RECONCILE_AFTER", "60", "at least REPEATABILITY_WINDOW"),
+        ("WORKER_CONCURRENCY", "0", "positive"),
+        ("SERVE_PORT", "70000", "port"),
+        ("CALLBACK_BASE_URL", "receiver.example", "http(s) URL"),
+        ("RATE_LIMIT_REDIS_URL", "http://redis", "redis://"),
+    ],
+)
+def test_each_rule_names_its_variable(variable: str, value: str, said: str) -> None:
+    found = issues_of({variable: value})
+    assert list(found) == [variable]
+    assert said in found[variable]
+    assert "aGVsbG8=" not in found[variable]
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({variable: value})
+    assert str(caught.value).startswith(f"{variable}: ")
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "https://acs.example.com",
+        "http://127.0.0.1:8089",
+        "http://localhost:8089",
+        "http://[::1]:8089",
+        "http://emulator:8089",
+    ],
+)
+def test_https_or_http_only_to_a_local_host(endpoint: str) -> None:
+    assert issues_of({"ACS_CONNECTION_STRING": f"endpoint={endpoint}/;accesskey={KEY}"}) == {}
+
+
+def test_every_problem_is_reported_at_once_and_postgres_is_an_alias() -> None:
+    found = issues_of({"LOG_LEVEL": "loud", "CELERY_BROKER_URL": "kafka://x", "WORKER_CONCURRENCY": "many"})
+    assert set(found) == {"LOG_LEVEL", "CELERY_BROKER_URL", "WORKER_CONCURRENCY"}
+    settings = Settings.from_env({"LEDGER_URL": "postgres://acs@db.example/acs"})
+    assert settings.ledger_url == "postgresql://acs@db.example/acs"
+
+
+def test_the_python_producer_checks_settings_given_in_code(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="RECONCILE_AFTER"):
+        Producer(Settings(home=tmp_path, reconcile_after=10.0))
+
+
+def test_a_blank_idempotency_key_is_a_validation_error(tmp_path: Path) -> None:
+    producer = Producer(Settings(home=tmp_path, ledger_url=f"sqlite:///{tmp_path / 'ledger.db'}"))
+    try:
+        with pytest.raises(ValidationError, match="idempotency_key"):
+            producer.enqueue({"callConnectionId": "call-1", "targetParticipant": "4:+14255550123"}, idempotency_key=" ")
+    finally:
+        producer.close()
+
+
+# --- processes ------------------------------------------------------------------------------------------------
+
+
+def test_a_worker_with_a_bad_setting_exits_before_consuming(tmp_path: Path) -> None:
+    env = clean_env(tmp_path)
+    producer = Producer(Settings.from_env(env))
+    try:
+        job_id = producer.enqueue({"callConnectionId": "call-w", "targetParticipant": "4:+14255550123"}).job_id
+    finally:
+        producer.close()
+    queued = list((tmp_path / "home" / "broker" / "queue").iterdir())
+    assert len(queued) == 1
+    command = [sys.executable, "-m", "celery", "-A", "worker", "worker", "--without-mingle", "--without-gossip"]
+    for bad in ({"REPEATABILITY_SAFETY_MARGIN": "400"}, {"CELERY_BROKER_URL": "kafka://x"}):
+        result = run(command, {**env, **bad}, timeout=60)
+        assert result.returncode == 1, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert lines[0].startswith(f"acs-transfer worker: configuration error: {next(iter(bad))}: ")
+    without_key = {key: value for key, value in env.items() if key != "ACS_CONNECTION_STRING"}
+    result = run(command, without_key, timeout=60)
+    assert result.returncode == 1
+    assert "ACS_CONNECTION_STRING is not set" in result.stderr
+    assert "Traceback" not in result.stderr
+    # Nothing was consumed: the message is still in the queue, the job still queued.
+    assert list((tmp_path / "home" / "broker" / "queue").iterdir()) == queued
+    producer = Producer(Settings.from_env(env))
+    try:
+        assert producer.ledger.get(job_id).state == State.QUEUED
+    finally:
+        producer.close()
+
+
+@pytest.mark.parametrize("command", [["healthcheck"], ["serve"], ["status", "x"], ["emulator", "--port", "0"]])
+def test_every_command_refuses_a_bad_setting_in_one_line(tmp_path: Path, command: list[str]) -> None:
+    result = cli(*command, env=clean_env(tmp_path, CELERY_BROKER_URL="kafka://x", RECONCILE_AFTER="5"))
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "CELERY_BROKER_URL: scheme 'kafka' is not supported" in result.stderr
+    assert "RECONCILE_AFTER: must be at least REPEATABILITY_WINDOW" in result.stderr
+
+
+def test_config_marks_invalid_values(tmp_path: Path) -> None:
+    result = cli("config", env=clean_env(tmp_path, LOG_LEVEL="loud", REPEATABILITY_SAFETY_MARGIN="-3"))
+    assert result.returncode == 1
+    lines = {line.split("=", 1)[0]: line for line in result.stdout.splitlines()}
+    assert len(lines) == len(VARIABLES)
+    assert "INVALID: 'LOUD' is not one of" in lines["LOG_LEVEL"]
+    assert lines["REPEATABILITY_SAFETY_MARGIN"].startswith("REPEATABILITY_SAFETY_MARGIN=-3 ")
+    assert "INVALID" in lines["REPEATABILITY_SAFETY_MARGIN"]
+    assert "INVALID" not in lines["TRANSFER_QUEUE"]
+    assert "invalid configuration: REPEATABILITY_SAFETY_MARGIN, LOG_LEVEL" in result.stderr
+
+
+def test_an_unreachable_ledger_is_one_line_and_debug_shows_the_traceback(tmp_path: Path) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    env = clean_env(tmp_path, LEDGER_URL=f"postgres://acs:secret-pw@127.0.0.1:{port}/acs")
+    result = cli("dead", "list", env=env)
+    assert result.returncode == 1
+    assert result.stderr.startswith("Error: the ledger (LEDGER_URL) cannot be used: ")
+    assert "check LEDGER_URL" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "secret-pw" not in result.stderr
+    debug = cli("dead", "list", env={**env, "ACS_TRANSFER_DEBUG": "1"})
+    assert debug.returncode == 1
+    assert "Traceback" in debug.stderr
+
+
+def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = clean_env(tmp_path, SERVE_PORT=str(port), CALLBACK_VERIFY="false")
+        for command in (["serve"], ["emulator", "--port", str(port)]):
+            result = cli(*command, env=env)
+            assert result.returncode == 1
+            assert f"127.0.0.1:{port} is already in use" in result.stderr, result.stderr
+            assert "Traceback" not in result.stderr
