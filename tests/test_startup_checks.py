@@ -4,6 +4,7 @@ and its rule, and every command turns an expected failure into one line (a trace
 from __future__ import annotations
 
 import base64
+import json
 import os
 import secrets
 import socket
@@ -195,3 +196,104 @@ def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
             assert result.returncode == 1
             assert f"127.0.0.1:{port} is already in use" in result.stderr, result.stderr
             assert "Traceback" not in result.stderr
+
+
+# --- campaign files through `acs-transfer submit` -------------------------------------------------------------
+
+HEADER = "callConnectionId,targetParticipant\n"
+
+
+def submit(tmp_path: Path, source: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
+    return cli("submit", str(source), "--campaign", "c1", *arguments, env=clean_env(tmp_path))
+
+
+def campaign_exists(tmp_path: Path) -> bool:
+    result = cli("campaign", "c1", env=clean_env(tmp_path))
+    return result.returncode == 0
+
+
+def summary(stdout: str) -> dict[str, int]:
+    found = {}
+    for line in stdout.splitlines():
+        label, _, number = line.strip().rpartition(" ")
+        if number.isdigit():
+            found[label.strip()] = int(number)
+    return found
+
+
+def test_an_over_long_row_is_rejected_and_the_counters_add_up(tmp_path: Path) -> None:
+    source = tmp_path / "calls.csv"
+    source.write_text(HEADER + "call-1,4:+14255550101\n" + "x" * (1024 * 1024 + 5) + "\ncall-2,4:+14255550102\n")
+    result = submit(tmp_path, source)
+    assert result.returncode == 1, result.stderr
+    counts = summary(result.stdout)
+    assert counts["read"] == 3
+    assert counts["enqueued"] == counts["valid"] == 2
+    assert counts["rejected"] == 1
+    assert "line 3 is longer than" in result.stderr
+
+
+def test_a_header_only_file_creates_nothing(tmp_path: Path) -> None:
+    source = tmp_path / "calls.csv"
+    source.write_text(HEADER)
+    result = submit(tmp_path, source)
+    assert result.returncode == 2
+    assert "a header but no rows" in result.stderr
+    assert not campaign_exists(tmp_path)
+
+
+def test_a_file_whose_first_thousand_rows_are_bad_is_refused_whole(tmp_path: Path) -> None:
+    source = tmp_path / "calls.csv"
+    source.write_text(HEADER + "".join(f"call-{n},not-a-target\n" for n in range(1500)) + "call-ok,4:+14255550101\n")
+    rejects = tmp_path / "bad.jsonl"
+    result = submit(tmp_path, source, "--rejects", str(rejects))
+    assert result.returncode == 2
+    assert "the first 1000 rows are all rejected: not a campaign file?" in result.stderr
+    assert not rejects.exists()
+    assert not campaign_exists(tmp_path)
+    assert list(tmp_path.glob(".bad.jsonl.*")) == []  # no temporary file left behind
+
+
+def test_rejects_never_overwrite_the_input_and_replace_an_old_file_whole(tmp_path: Path) -> None:
+    source = tmp_path / "calls.csv"
+    content = HEADER + "call-1,4:+14255550101\ncall-2,4:555\n"
+    source.write_text(content)
+    refused = submit(tmp_path, source, "--rejects", str(source))
+    assert refused.returncode == 2
+    assert "--rejects" in refused.stderr
+    assert "names the input file" in refused.stderr
+    assert source.read_text() == content
+    assert not campaign_exists(tmp_path)
+
+    rejects = tmp_path / "rejects.jsonl"
+    rejects.write_text("stale\n" * 10)
+    done = submit(tmp_path, source, "--rejects", str(rejects))
+    assert done.returncode == 1
+    assert [json.loads(line)["line"] for line in rejects.read_text().splitlines()] == [3]
+    assert source.read_text() == content
+
+
+def test_an_unwritable_rejects_path_is_refused_before_anything_is_enqueued(tmp_path: Path) -> None:
+    source = tmp_path / "calls.csv"
+    source.write_text(HEADER + "call-1,4:+14255550101\n")
+    result = submit(tmp_path, source, "--rejects", str(tmp_path / "no-such-folder" / "r.jsonl"))
+    assert result.returncode == 2
+    assert "--rejects" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not campaign_exists(tmp_path)
+
+
+def test_a_report_needs_a_known_extension_and_a_writable_folder(tmp_path: Path) -> None:
+    source = tmp_path / "calls.csv"
+    source.write_text(HEADER + "call-1,4:+14255550101\n")
+    assert submit(tmp_path, source).returncode == 0
+    env = clean_env(tmp_path)
+    wrong = cli("campaign", "c1", "--report", str(tmp_path / "x.txt"), env=env)
+    assert wrong.returncode == 2
+    assert "must end in .csv or .json" in wrong.stderr
+    assert not (tmp_path / "x.txt").exists()
+    nowhere = cli("campaign", "c1", "--report", str(tmp_path / "missing" / "x.csv"), env=env)
+    assert nowhere.returncode == 2
+    assert "not writable" in nowhere.stderr
+    assert cli("campaign", "c1", "--report", str(tmp_path / "x.json"), env=env).returncode == 0
+    assert json.loads((tmp_path / "x.json").read_text())[0]["call_connection_id"] == "call-1"
