@@ -35,10 +35,13 @@ def emulator(host: str, port: int, tls_cert: str | None, tls_key: str | None, fa
     else:
         key = secrets.token_bytes(32)
         click.echo("ACS_CONNECTION_STRING is not set: this emulator made a key for this run.", err=True)
-        click.echo("Workers, producers and `acs-transfer serve` must use (paste into their shells):", err=True)
         click.echo(f"export ACS_CONNECTION_STRING='{AcsCredentials(reachable, key).connection_string()}'")
-    click.echo("`acs-transfer serve` verifies this emulator's outcome events with:", err=True)
-    click.echo(f"export ACS_RESOURCE_ID={DEFAULT_RESOURCE_ID} CALLBACK_JWKS_URL={reachable}/calling/keys", err=True)
+    # What `acs-transfer serve` needs to verify this emulator's signed outcome events.
+    click.echo(f"export ACS_RESOURCE_ID={DEFAULT_RESOURCE_ID} CALLBACK_JWKS_URL={reachable}/calling/keys")
+    click.echo(
+        "Workers, producers and `acs-transfer serve` use the export lines above (paste them into their shells).",
+        err=True,
+    )
     faults = FaultPlan.from_json(json.load(faults_file)) if faults_file else FaultPlan()
     context = None
     if tls_cert:
