@@ -297,3 +297,89 @@ def test_a_report_needs_a_known_extension_and_a_writable_folder(tmp_path: Path) 
     assert "not writable" in nowhere.stderr
     assert cli("campaign", "c1", "--report", str(tmp_path / "x.json"), env=env).returncode == 0
     assert json.loads((tmp_path / "x.json").read_text())[0]["call_connection_id"] == "call-1"
+
+
+# --- what operators see ---------------------------------------------------------------------------------------
+
+
+def _ledger_sql(tmp_path: Path, statement: str, **values: object) -> None:
+    import sqlalchemy as sa  # noqa: PLC0415
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
+    with engine.begin() as connection:
+        connection.execute(sa.text(statement), values)
+    engine.dispose()
+
+
+def test_dead_messages_are_listed_and_shown(tmp_path: Path) -> None:
+    from worker.ledger import SyncLedger, op_record_dead_message  # noqa: PLC0415
+
+    env = clean_env(tmp_path)
+    assert cli("dead", "messages", env=env).stdout.strip() == "no dead messages"
+    ledger = SyncLedger(env["LEDGER_URL"])
+    try:
+        ledger.run(op_record_dead_message, "msg-1", "unknown task 'x.y'", '{"body": "garbage"}', 1_700_000_000.0)
+    finally:
+        ledger.close()
+    listed = cli("dead", "messages", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert "msg-1" in listed.stdout
+    assert "unknown task 'x.y'" in listed.stdout
+    number = listed.stdout.split()[0]
+    shown = cli("dead", "messages", number, env=env)
+    assert shown.returncode == 0
+    assert '{"body": "garbage"}' in shown.stdout
+    assert "2023-11-14T22:13:20+00:00" in shown.stdout
+    missing = cli("dead", "messages", "999", env=env)
+    assert missing.returncode == 1
+    assert "no dead message 999" in missing.stderr
+
+
+def test_dead_list_says_a_status_once_and_replay_says_what_to_give(tmp_path: Path) -> None:
+    source = tmp_path / "calls.csv"
+    source.write_text(HEADER + "call-1,4:+14255550101\ncall-2,4:+14255550102\n")
+    assert submit(tmp_path, source).returncode == 0
+    _ledger_sql(tmp_path, "UPDATE jobs SET state = 'failed', last_status = 401, last_error = '401'")
+    env = clean_env(tmp_path)
+    listed = cli("dead", "list", env=env)
+    assert listed.returncode == 0
+    assert listed.stdout.count("  401  ") == 2, listed.stdout
+    assert "401 401" not in listed.stdout
+    replay = cli("dead", "replay", env=env)
+    assert replay.returncode == 2
+    assert "give the ids of the jobs to replay" in replay.stderr
+
+
+def test_campaign_tells_accepted_from_final(tmp_path: Path) -> None:
+    source = tmp_path / "calls.csv"
+    source.write_text(HEADER + "call-1,4:+14255550101\ncall-2,4:+14255550102\n")
+    assert submit(tmp_path, source).returncode == 0
+    _ledger_sql(tmp_path, "UPDATE jobs SET state = 'accepted' WHERE call_connection_id = 'call-1'")
+    _ledger_sql(tmp_path, "UPDATE jobs SET state = 'transferred' WHERE call_connection_id = 'call-2'")
+    shown = cli("campaign", "c1", env=clean_env(tmp_path))
+    assert "final 1 (50.0%), awaiting an outcome event 1, in progress 0" in shown.stdout
+    document = json.loads(cli("campaign", "c1", "--json", env=clean_env(tmp_path)).stdout)
+    assert (document["final"], document["awaiting_outcome"]) == (1, 1)
+
+
+def test_serve_logs_the_address_it_listens_on(tmp_path: Path) -> None:
+    from worker.processes import free_port, stop, wait_for_http  # noqa: PLC0415
+
+    port = free_port()
+    env = clean_env(tmp_path, SERVE_PORT=str(port), CALLBACK_VERIFY="false", LOG_LEVEL="INFO", LOG_FORMAT="json")
+    log = tmp_path / "serve.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "worker.cli", "serve"],
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/healthz", None)
+        listening = [json.loads(line) for line in log.read_text().splitlines() if "server.listening" in line]
+        assert listening
+        assert listening[0]["url"] == f"http://127.0.0.1:{port}"
+    finally:
+        stop(process)

@@ -7,7 +7,8 @@
     GET  /openapi.json          this API described
 
 Every route but /openapi.json needs ``Authorization: Bearer <token>`` with a token from INTAKE_TOKENS
-(compared in constant time): none → 401, a wrong one → 403. Errors are JSON
+(compared in constant time): none or a wrong one → 401 (every token may do everything, so 403 never
+happens). Errors are JSON
 ``{"error": {"code", "message", "details"?: [{"field", "rule"}]}}``; a rejected request writes nothing.
 """
 
@@ -57,7 +58,7 @@ def _authorised(tokens: tuple[str, ...], handler: Handler) -> Handler:
         # Compare with every token, always, so the time taken says nothing about which one nearly matched.
         matches = [hmac.compare_digest(given.strip().encode(), token) for token in expected]
         if not any(matches):
-            return error(403, "Forbidden", "the bearer token is not valid for this intake")
+            return error(401, "Unauthorized", "the bearer token is not valid for this intake (see INTAKE_TOKENS)")
         return await handler(request)
 
     return check

@@ -82,8 +82,7 @@ def _responses(ok: dict[str, Any]) -> dict[str, Any]:
     error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
     return {
         **ok,
-        "401": {"description": "no bearer token", **error},
-        "403": {"description": "wrong bearer token", **error},
+        "401": {"description": "no bearer token, or one that is not in INTAKE_TOKENS", **error},
         "413": {"description": "body or batch too large", **error},
         "422": {"description": "invalid request: each broken rule with its field", **error},
     }

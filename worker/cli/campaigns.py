@@ -226,8 +226,11 @@ def _write_report(ledger: SyncLedger, name: str, path: Path) -> None:
 
 def _table(progress: Progress) -> list[str]:
     lines = [f"  {state:<16}{progress.counts.get(state, 0):>10}" for state in State.ALL]
-    share = 100.0 * progress.settled / progress.total if progress.total else 0.0
-    lines.append(f"  {'total':<16}{progress.total:>10}   settled {progress.settled} ({share:.1f}%)")
+    share = 100.0 * progress.final / progress.total if progress.total else 0.0
+    lines.append(
+        f"  {'total':<16}{progress.total:>10}   final {progress.final} ({share:.1f}%), awaiting an outcome event "
+        f"{progress.awaiting_outcome}, in progress {progress.active}"
+    )
     lines.append(f"  {'rate':<16}{progress.rate:>10.1f}   jobs settled/s over the last {progress.window:g} s")
     return lines
 
@@ -239,6 +242,8 @@ def _document(name: str, progress: Progress) -> dict[str, object]:
         "total": progress.total,
         "active": progress.active,
         "settled": progress.settled,
+        "awaiting_outcome": progress.awaiting_outcome,
+        "final": progress.final,
         "rate": round(progress.rate, 3),
         "window": progress.window,
     }
