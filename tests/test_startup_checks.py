@@ -10,6 +10,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -383,3 +384,74 @@ def test_serve_logs_the_address_it_listens_on(tmp_path: Path) -> None:
         assert listening[0]["url"] == f"http://127.0.0.1:{port}"
     finally:
         stop(process)
+
+
+# --- Celery's conventions -------------------------------------------------------------------------------------
+
+CELERY = [sys.executable, "-m", "celery", "-A", "worker", "worker", "--without-mingle", "--without-gossip"]
+
+
+def test_prefork_is_refused_with_the_reason(tmp_path: Path) -> None:
+    for pool in (["-P", "prefork"], ["--pool=prefork"], ["-Pprocesses"]):
+        result = run([*CELERY, *pool], clean_env(tmp_path))
+        assert result.returncode == 1
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert "is not supported: each worker process runs one event loop" in lines[0]
+
+
+def _wait_for_line(path: Path, text: str, process: subprocess.Popen[bytes], timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while text not in path.read_text():
+        assert process.poll() is None, path.read_text()
+        assert time.monotonic() < deadline, path.read_text()
+        time.sleep(0.2)
+    return path.read_text()
+
+
+def test_the_start_shows_the_effective_concurrency_without_warnings(tmp_path: Path) -> None:
+    from worker.processes import stop  # noqa: PLC0415
+
+    log = tmp_path / "worker.log"
+    env = clean_env(tmp_path, LOG_LEVEL="INFO", LOG_FORMAT="json")
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [*CELERY, "-c", "4"], env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        text = _wait_for_line(log, "worker.ready", process)
+    finally:
+        stop(process)
+    (ready,) = [json.loads(line) for line in text.splitlines() if '"worker.ready"' in line]
+    assert (ready["pool"], ready["concurrency"]) == ("thread", 4)
+    assert "concurrency: 4 (thread)" in text
+    assert "No hostname was supplied" not in text
+
+
+def test_a_second_worker_with_the_same_name_says_it_needs_its_own(tmp_path: Path, rabbitmq_url: str) -> None:
+    from worker.processes import stop  # noqa: PLC0415
+
+    node = f"dup-{secrets.token_hex(3)}@%h"
+    env = clean_env(tmp_path, CELERY_BROKER_URL=rabbitmq_url, TRANSFER_QUEUE=f"acs-dup-{secrets.token_hex(4)}")
+    log = tmp_path / "first.log"
+    with log.open("wb") as output:
+        first = subprocess.Popen(
+            [*CELERY, "-n", node],
+            env={**env, "LOG_LEVEL": "INFO"},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        _wait_for_line(log, "worker.ready", first)
+        second = run([*CELERY, "-n", node], env, timeout=60)
+    finally:
+        stop(first)
+    assert second.returncode == 1
+    assert "each worker on a host needs its own -n name" in second.stderr
+    assert "Traceback" not in second.stderr
+    # The queue of this test goes with it.
+    import kombu  # noqa: PLC0415
+
+    with kombu.Connection(rabbitmq_url) as connection:
+        connection.default_channel.queue_delete(env["TRANSFER_QUEUE"])
