@@ -30,13 +30,12 @@ from worker.errors import IdempotencyConflict, Issue, ValidationError
 from worker.ledger import Job, Ledger, NewJob, op_create_jobs, op_events, op_get
 from worker.metrics import INTAKE
 from worker.models import parse_transfer
-from worker.openapi import OPENAPI
+from worker.openapi import MAX_KEY_LENGTH, OPENAPI
 from worker.producer import prepare_job
 from worker.publisher import Publisher
 from worker.views import history_view, job_view
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-MAX_KEY_LENGTH = 512
 
 
 def error(status: int, code: str, message: str, details: list[dict[str, str]] | None = None) -> web.Response:
@@ -237,6 +236,8 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         code = failure.reason.replace(" ", "")
         message = "the body is larger than INTAKE_MAX_BODY_BYTES" if failure.status == 413 else failure.reason
         response = error(failure.status, code, message)
+        if "Allow" in failure.headers:  # a 405 names the methods the resource has (RFC 9110)
+            response.headers["Allow"] = failure.headers["Allow"]
     _count(request, response.status)
     return response
 
