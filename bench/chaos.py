@@ -310,7 +310,7 @@ class _Cluster:
             claim_lease=3.0,
             sweep_interval=1.0,
             republish_after=5.0,
-            reconcile_after=15.0,
+            reconcile_after=300.0,  # at least the repeatability window: Settings refuses less
             worker_concurrency=config.concurrency,
             callback_base_url=f"http://127.0.0.1:{serve_port}",
             acs_resource_id=DEFAULT_RESOURCE_ID,
