@@ -455,3 +455,17 @@ def test_a_second_worker_with_the_same_name_says_it_needs_its_own(tmp_path: Path
 
     with kombu.Connection(rabbitmq_url) as connection:
         connection.default_channel.queue_delete(env["TRANSFER_QUEUE"])
+
+
+def test_enqueue_with_the_broker_down_says_the_job_waits(tmp_path: Path) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    env = clean_env(tmp_path, CELERY_BROKER_URL=f"amqp://guest:guest@127.0.0.1:{port}//")
+    result = cli("enqueue", "--call-connection-id", "call-1", "--target", "4:+14255550123", env=env)
+    assert result.returncode == 0, result.stderr
+    job_id = result.stdout.strip()
+    assert "the broker (CELERY_BROKER_URL) did not take the message" in result.stderr
+    assert "Traceback" not in result.stderr
+    shown = cli("status", job_id, "--json", env=env)
+    assert json.loads(shown.stdout)["state"] == State.QUEUED

@@ -73,6 +73,8 @@ def prepare_job(
 class Enqueued:
     job: Job
     created: bool
+    #: False when the broker did not take the message: the job waits for a worker's sweeper to publish it
+    published: bool = True
 
     @property
     def job_id(self) -> str:
@@ -106,9 +108,8 @@ class Producer:
         )
         ((job, created),) = self.ledger.create_jobs([new_job])
         if created:
-            self.publisher.publish_saved([job.id])
-        else:
-            log.info("job.exists", job_id=job.id, idempotency_key=idempotency_key, state=job.state)
+            return Enqueued(job, created, self.publisher.publish_saved([job.id]))
+        log.info("job.exists", job_id=job.id, idempotency_key=idempotency_key, state=job.state)
         return Enqueued(job, created)
 
     def close(self) -> None:

@@ -67,17 +67,19 @@ class Publisher:
                 count += 1
         return count
 
-    def publish_saved(self, job_ids: list[str]) -> None:
-        """Publish jobs just written to the ledger. A broker failure is logged, not raised: the jobs exist,
-        and the sweeper publishes them once the broker is back."""
+    def publish_saved(self, job_ids: list[str]) -> bool:
+        """Publish jobs just written to the ledger; False if the broker did not take them. A broker failure is
+        logged, not raised: the jobs exist, and the sweeper publishes them once the broker is back."""
         if not job_ids:
-            return
+            return True
         try:
             self.publish(job_ids)
         except Exception as error:
             log.warning(
                 "job.publish_deferred", jobs=len(job_ids), first=job_ids[0], error=f"{type(error).__name__}: {error}"
             )
+            return False
+        return True
 
     def queue_depth(self) -> int | None:
         """Messages ready in the transfer queue, or None when the broker cannot tell."""
