@@ -1,30 +1,36 @@
-"""Chaos run: a campaign of transfers through the whole system while it is broken on purpose, then an audit.
+"""Chaos run: campaigns of transfers through the whole system while it is broken on purpose, then a strict audit.
 
     python bench/chaos.py --jobs 5000 --broker rabbitmq --seed 7 [--workers 3] [--duration-limit 1800]
 
 Everything runs on loopback, in processes of its own: a private broker (a second RabbitMQ node or a Redis
 server), a private PostgreSQL cluster for the ledger, the ACS emulator, `acs-transfer serve` receiving the
-emulator's signed outcome events, and several worker processes. While the jobs flow, and at points of the
-run drawn from the seed, it
+emulator's signed outcome events (tokens verified against the emulator's JWKS), and several worker processes.
+The jobs are fed as two campaigns, one paced (a campaign rate) and one not. While they flow, and at points
+of the run drawn from the seed, it
 
 - kills worker processes with SIGKILL (and starts a new one a moment later);
 - restarts the broker (RabbitMQ ``stop_app``/``start_app``; Redis killed and started empty, losing every message);
 - pauses the ledger database (SIGSTOP of every PostgreSQL process, then SIGCONT);
-- makes the emulator fail: 5xx and timeouts before and after the transfer takes effect, 429 bursts with
+- kills the workers' ledger connections (``pg_terminate_backend`` of their backends);
+- makes the emulator fail: 5xx and timeouts before the transfer takes effect and after it (with ACS's record
+  a 202, or a 5xx so the retry is executed again and meets a call that moved: 404), 429 bursts with
   Retry-After, dropped connections, latency spikes, calls that no longer exist (404), and outcome events that
-  fail, come twice or never come.
+  report a failed transfer, come before the 202, late, twice or never;
+- replays the dead jobs, as an operator would (``dead replay``), while outcome events still arrive.
 
-Then it waits until every job is final and audits each one against the emulator's effects ledger (the ground
-truth of what ACS did) and the job ledger:
+Then it waits until every job is final and audits each one against the emulator's record of what it did
+(every effect, every failed transfer, every outcome event posted or dropped: the ground truth):
 
-- lost: a job that is not final at the end (final: transferred, transfer_failed, failed, dead; or accepted when
-  the emulator shows its outcome event was dropped or could not be delivered, since then nothing more will come);
-- doubled: a call connection that took effect more than once;
-- disagreeing: a final state the effects contradict (transferred/transfer_failed/accepted need exactly one
-  effect, failed none, dead at most one);
+- lost: a job not final at the end, or left ``accepted`` although its outcome event was delivered;
+- doubled: a call that took effect more than once (a replacement and its original are one call);
+- wrong: a final state the truth contradicts. A transfer that took effect must end ``transferred``; one that
+  did not must end ``failed`` or ``transfer_failed``, or ``dead`` only when no attempt ever got a definite
+  answer (those are counted and shown);
 - unexplained: a job that did not succeed without a recorded reason (and ACS's code, where there was one).
 
-It prints one table and exits 1 if any job was lost, doubled, disagreeing or unexplained, 0 otherwise.
+A job left ``accepted`` because its outcome event was deliberately never posted is counted apart (it is all
+the worker can know), as are ``dead`` jobs no attempt got an answer for. The table names each wrong job with
+the reason and its history. Exit status 1 if anything is lost, doubled, wrong or unexplained, 0 otherwise.
 The run is bounded: by --duration-limit in time, by --jobs in work; every child is killed on the way out.
 """
 
@@ -36,6 +42,7 @@ import contextlib
 import json
 import os
 import random
+import resource
 import secrets
 import shutil
 import signal
@@ -44,10 +51,11 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,26 +63,52 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT / "tests") not in sys.path:
     sys.path.insert(0, str(ROOT / "tests"))  # the private service instances live with the tests
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 import sqlalchemy as sa  # noqa: E402
 import structlog  # noqa: E402
 from services import PrivatePostgres, PrivateRabbitMQ, PrivateRedis  # noqa: E402
 
+from bench.support import group_pids  # noqa: E402
+from worker.campaign import op_save_campaign  # noqa: E402
 from worker.config import Settings  # noqa: E402
 from worker.emulator.config import DEFAULT_RESOURCE_ID  # noqa: E402
-from worker.ledger import State, SyncLedger, jobs, op_count_by_state  # noqa: E402
+from worker.errors import JobNotFound, ReplayRefused  # noqa: E402
+from worker.ledger import State, SyncLedger, job_events, jobs  # noqa: E402
 from worker.logs import configure  # noqa: E402
 from worker.processes import child_env, free_port, kill, spawn_emulator, spawn_worker, stop, wait_for_http  # noqa: E402
 from worker.producer import Producer  # noqa: E402
+from worker.replay import replay  # noqa: E402
 
 CAMPAIGN = "chaos"
+PACED_CAMPAIGN = "chaos-paced"
+CAMPAIGNS = (CAMPAIGN, PACED_CAMPAIGN)
 #: seconds a timeout fault hangs: longer than the workers' request timeout, so the worker gives up first
 HANG_SECONDS = 4.0
 REQUEST_TIMEOUT = 2.0
+#: the workers are told ACS's window is this short, so jobs caught by an outage go unknown, then dead (after
+#: RECONCILE_AFTER), and are replayed within the run; the emulator keeps ACS's 5 minutes
+REPEATABILITY_WINDOW = 20.0
+WINDOW_SAFETY_MARGIN = 2.0
+RECONCILE_AFTER = 20.0
+#: an ACS outage (every request refused at the front door, a few taking effect unanswered) outlasting the window
+OUTAGE_SECONDS = REPEATABILITY_WINDOW + 4.0
 #: the producer stops enqueueing while this many jobs are unsettled: the campaign is fed while it runs
 BACKLOG = 300
 GONE_CALL_SHARE = 0.02
-FINAL = set(State.FINAL)
+#: every how many seconds the operator replays the dead jobs, and prints progress
+REPLAY_EVERY = 10.0
+PROGRESS_EVERY = 10.0
+#: an answer that settles what ACS did with the request (not 408, 409 in progress, 412, 429, 5xx)
+NOT_DEFINITE = frozenset({408, 409, 412, 429})
+EXAMPLES = 5
+ACTIVE = (State.QUEUED, State.SENDING, State.RETRY_WAIT, State.UNKNOWN)
+KNOWN = frozenset(State.ALL)
+
+
+def is_definite(status: int | None) -> bool:
+    return status is not None and (200 <= status < 300 or (400 <= status < 500 and status not in NOT_DEFINITE))
 
 
 # --- configuration and result ---------------------------------------------------------------------------
@@ -92,6 +126,9 @@ class ChaosConfig:
     kills: int = 3
     broker_restarts: int = 1
     db_pauses: int = 1
+    db_connection_kills: int = 1
+    replays: bool = True
+    paced_share: float = 0.25  # of the jobs, fed to the paced campaign
     concurrency: int = 32
     rate: float = 20.0  # jobs per second the producer feeds: the run lasts about jobs / rate seconds
     log_dir: Path | None = None
@@ -101,6 +138,26 @@ class ChaosConfig:
             raise ValueError("broker must be rabbitmq or redis")
         if self.jobs < 1 or self.workers < 1 or self.rate <= 0:
             raise ValueError("jobs and workers must be at least 1, and the rate positive")
+        if not 0 <= self.paced_share <= 1:
+            raise ValueError("paced_share must be from 0 to 1")
+
+    @property
+    def paced_rate(self) -> float:
+        """The paced campaign's rate: its share of the feed, with room for retries."""
+        return max(1.0, self.rate * self.paced_share * 1.5)
+
+
+@dataclass
+class Finding:
+    """One job (or call) the audit found at fault, why, and its history."""
+
+    job_id: str
+    call: str
+    reason: str
+    history: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return f"{self.job_id} ({self.call}): {self.reason}"
 
 
 @dataclass
@@ -109,13 +166,19 @@ class ChaosResult:
     injected: Counter[str] = field(default_factory=Counter)
     states: Counter[str] = field(default_factory=Counter)
     effects: Counter[int] = field(default_factory=Counter)
-    lost: list[str] = field(default_factory=list)
-    doubled: list[str] = field(default_factory=list)
-    disagreeing: list[str] = field(default_factory=list)
-    unexplained: list[str] = field(default_factory=list)
-    accepted_event_dropped: int = 0
-    accepted_event_undelivered: int = 0
-    dead_effect: Counter[int] = field(default_factory=Counter)
+    lost: list[Finding] = field(default_factory=list)
+    doubled: list[Finding] = field(default_factory=list)
+    wrong: list[Finding] = field(default_factory=list)
+    unexplained: list[Finding] = field(default_factory=list)
+    #: accepted, and its outcome event was deliberately never posted: all the worker can know
+    accepted_event_never_posted: list[Finding] = field(default_factory=list)
+    #: dead without effect, no attempt ever got a definite answer
+    dead_unanswered: list[Finding] = field(default_factory=list)
+    #: the duration limit struck first: the run is incomplete (and not OK), these jobs were never fed
+    timed_out: bool = False
+    not_fed: int = 0
+    replayed: int = 0
+    replay_warnings: int = 0
     retried: int = 0
     requests: int = 0
     enqueue_retries: int = 0
@@ -123,13 +186,18 @@ class ChaosResult:
     p95_accepted_ms: float | None = None
     p50_final_ms: float | None = None
     p95_final_ms: float | None = None
+    peak_rss_mb: float = 0.0
     elapsed: float = 0.0
     timeline: list[str] = field(default_factory=list)
     log_dir: Path | None = None
 
     @property
     def ok(self) -> bool:
-        return not (self.lost or self.doubled or self.disagreeing or self.unexplained)
+        return not (self.lost or self.doubled or self.wrong or self.unexplained or self.timed_out)
+
+    def wrong_by_reason(self) -> Counter[str]:
+        """Wrong outcomes grouped by the first clause of their reason (one bug, one line)."""
+        return Counter(finding.reason.split(":")[0] for finding in self.wrong)
 
     def table(self) -> str:
         def ms(value: float | None) -> str:
@@ -139,36 +207,53 @@ class ChaosResult:
         rows: list[tuple[str, str]] = [
             ("broker", config.broker),
             ("seed", str(config.seed)),
-            ("jobs", str(config.jobs)),
+            ("jobs", f"{config.jobs} ({CAMPAIGN}: unpaced; {PACED_CAMPAIGN}: paced at {config.paced_rate:g}/s)"),
             ("worker processes", str(config.workers)),
             ("faults injected", ""),
             *((f"  {kind}", str(count)) for kind, count in sorted(self.injected.items())),
-            ("final states", ""),
-            *((f"  {state}", str(self.states[state])) for state in State.ALL if self.states.get(state)),
-            ("  accepted: outcome event dropped by the emulator", str(self.accepted_event_dropped)),
-            ("  accepted: outcome event not deliverable", str(self.accepted_event_undelivered)),
-            *((f"  dead with {n} effect(s)", str(count)) for n, count in sorted(self.dead_effect.items())),
+            ("final states (replacements included)", ""),
+            *((f"  {state}", str(count)) for state, count in sorted(self.states.items())),
+            ("dead jobs replayed (of which the replay warned)", f"{self.replayed} ({self.replay_warnings})"),
             ("jobs retried (more than one attempt)", str(self.retried)),
             ("transfer requests seen by the emulator", str(self.requests)),
             ("enqueue calls retried by the producer", str(self.enqueue_retries)),
             *((f"calls that took effect {n}x", str(count)) for n, count in sorted(self.effects.items())),
+            ("accepted, outcome event never posted (counted apart)", str(len(self.accepted_event_never_posted))),
+            ("dead, no attempt got a definite answer (counted apart)", str(len(self.dead_unanswered))),
+            ("duration limit reached: jobs never fed", str(self.not_fed) if self.timed_out else "no"),
             ("lost", str(len(self.lost))),
             ("doubled", str(len(self.doubled))),
-            ("states the effects contradict", str(len(self.disagreeing))),
-            ("non-success without a reason", str(len(self.unexplained))),
+            ("wrong", str(len(self.wrong))),
+            *((f"  wrong: {reason}", str(count)) for reason, count in self.wrong_by_reason().most_common()),
+            ("unexplained (non-success without a reason)", str(len(self.unexplained))),
             ("time to accepted p50 / p95", f"{ms(self.p50_accepted_ms)} / {ms(self.p95_accepted_ms)}"),
             ("time to final p50 / p95", f"{ms(self.p50_final_ms)} / {ms(self.p95_final_ms)}"),
+            ("harness peak RSS", f"{self.peak_rss_mb:.0f} MB"),
             ("wall time", f"{self.elapsed:.1f} s"),
         ]
         width = max(len(name) for name, _ in rows)
         lines = [f"  {name:<{width}}  {value}".rstrip() for name, value in rows]
-        for problem in (self.lost + self.doubled + self.disagreeing + self.unexplained)[:20]:
-            lines.append(f"  problem: {problem}")
-        verdict = "OK: nothing lost, nothing doubled, every outcome explained" if self.ok else "FAILED"
+        for title, found in (
+            ("lost", self.lost),
+            ("doubled", self.doubled),
+            ("wrong", self.wrong),
+            ("unexplained", self.unexplained),
+            ("dead, never answered", self.dead_unanswered),
+            ("accepted, event never posted", self.accepted_event_never_posted),
+        ):
+            for finding in _examples(found, title == "wrong"):
+                lines.append(f"  {title}: {finding}")
+                lines += [f"      {step}" for step in finding.history]
+        verdict = (
+            "OK: nothing lost, nothing doubled, no wrong outcome, every outcome explained" if self.ok else "FAILED"
+        )
         lines.append(f"result: {verdict}")
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
+        def listed(found: list[Finding]) -> list[dict[str, Any]]:
+            return [{"job": f.job_id, "call": f.call, "reason": f.reason, "history": f.history} for f in found]
+
         return {
             "broker": self.config.broker,
             "seed": self.config.seed,
@@ -176,14 +261,18 @@ class ChaosResult:
             "workers": self.config.workers,
             "injected": dict(self.injected),
             "states": dict(self.states),
-            "accepted_event_dropped": self.accepted_event_dropped,
-            "accepted_event_undelivered": self.accepted_event_undelivered,
-            "dead_effect": {str(k): v for k, v in self.dead_effect.items()},
             "effects": {str(k): v for k, v in self.effects.items()},
-            "lost": self.lost,
-            "doubled": self.doubled,
-            "disagreeing": self.disagreeing,
-            "unexplained": self.unexplained,
+            "lost": listed(self.lost),
+            "doubled": listed(self.doubled),
+            "wrong": listed(self.wrong),
+            "wrong_by_reason": dict(self.wrong_by_reason()),
+            "unexplained": listed(self.unexplained),
+            "accepted_event_never_posted": len(self.accepted_event_never_posted),
+            "dead_unanswered": listed(self.dead_unanswered),
+            "timed_out": self.timed_out,
+            "not_fed": self.not_fed,
+            "replayed": self.replayed,
+            "replay_warnings": self.replay_warnings,
             "retried": self.retried,
             "requests": self.requests,
             "enqueue_retries": self.enqueue_retries,
@@ -191,10 +280,169 @@ class ChaosResult:
             "p95_accepted_ms": self.p95_accepted_ms,
             "p50_final_ms": self.p50_final_ms,
             "p95_final_ms": self.p95_final_ms,
+            "peak_rss_mb": self.peak_rss_mb,
             "elapsed": self.elapsed,
             "ok": self.ok,
             "timeline": self.timeline,
         }
+
+
+def _examples(found: list[Finding], per_reason: bool) -> list[Finding]:
+    """A few of each: for wrong outcomes, a few per reason, so every bug shows up by name."""
+    if not per_reason:
+        return found[:EXAMPLES]
+    shown: list[Finding] = []
+    seen: Counter[str] = Counter()
+    for finding in found:
+        key = finding.reason.split(":")[0]
+        if seen[key] < EXAMPLES:
+            seen[key] += 1
+            shown.append(finding)
+    return shown
+
+
+# --- the audit ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class JobFacts:
+    """What the ledger says about one job, as the audit needs it."""
+
+    id: str
+    call: str
+    request_id: str
+    state: str
+    attempts: int
+    reason: str | None = None
+    last_status: int | None = None
+    result_code: int | None = None
+    replay_of: str | None = None
+    #: some attempt got a definite answer (202, or a 4xx other than 408/409/412/429)
+    definite: bool = False
+
+
+@dataclass
+class CallTruth:
+    """What the emulator did for one call, per request id."""
+
+    effects: dict[str, int] = field(default_factory=dict)  # the call moved
+    failed: set[str] = field(default_factory=set)  # executed, CallTransferFailed (the call did not move)
+    never_posted: set[str] = field(default_factory=set)  # outcome event dropped on purpose
+    delivered: dict[str, set[str]] = field(default_factory=dict)  # request id -> event types delivered (2xx)
+
+    @property
+    def total(self) -> int:
+        return sum(self.effects.values())
+
+
+@dataclass
+class Verdict:
+    lost: list[Finding] = field(default_factory=list)
+    doubled: list[Finding] = field(default_factory=list)
+    wrong: list[Finding] = field(default_factory=list)
+    unexplained: list[Finding] = field(default_factory=list)
+    accepted_event_never_posted: list[Finding] = field(default_factory=list)
+    dead_unanswered: list[Finding] = field(default_factory=list)
+
+    def add(self, other: Verdict) -> None:
+        for name in self.__dataclass_fields__:
+            getattr(self, name).extend(getattr(other, name))
+
+
+ACCEPTED_EVENT = "Microsoft.Communication.CallTransferAccepted"
+FAILED_EVENT = "Microsoft.Communication.CallTransferFailed"
+
+
+def judge_call(call: str, group: list[JobFacts], truth: CallTruth) -> Verdict:
+    """Judge the jobs of one call (an original and its replacements, together) against what ACS did."""
+    verdict = Verdict()
+    ours = {job.request_id for job in group}
+    if truth.total > 1:
+        parts = [f"{rid[:8]} {n}x ({_job_named(group, rid)})" for rid, n in truth.effects.items() if n]
+        first = group[0]
+        verdict.doubled.append(Finding(first.id, call, f"took effect {truth.total}x: " + ", ".join(parts)))
+    elif any(rid not in ours for rid, n in truth.effects.items() if n):
+        verdict.doubled.append(Finding(group[0].id, call, "took effect under a request id no job of it has"))
+    for job in group:
+        _judge_job(job, truth, verdict)
+    return verdict
+
+
+def _job_named(group: list[JobFacts], request_id: str) -> str:
+    for job in group:
+        if job.request_id == request_id:
+            return f"job {job.id} {job.state}" + (f", replay of {job.replay_of}" if job.replay_of else "")
+    return "no job has this request id"
+
+
+def _judge_job(job: JobFacts, truth: CallTruth, verdict: Verdict) -> None:
+    rid, state = job.request_id, job.state
+    moved = truth.effects.get(rid, 0) > 0
+    delivered = truth.delivered.get(rid, set())
+    never_posted = rid in truth.never_posted and not delivered
+    answer = f"HTTP {job.last_status}" if job.last_status is not None else "no answer"
+
+    def finding(reason: str) -> Finding:
+        return Finding(job.id, job.call, reason)
+
+    if state in ACTIVE:
+        verdict.lost.append(finding(f"still {state} at the end ({job.reason})"))
+    elif state == State.ACCEPTED:
+        if never_posted:
+            verdict.accepted_event_never_posted.append(finding("accepted; its outcome event was never posted"))
+        elif delivered:
+            verdict.lost.append(finding(f"accepted although its {_short(delivered)} was delivered"))
+        elif not moved and rid not in truth.failed:
+            verdict.wrong.append(finding("accepted but ACS never executed its request id"))
+        else:
+            verdict.lost.append(finding("accepted; its outcome event was posted but not delivered"))
+    elif moved:
+        if state != State.TRANSFERRED:
+            verdict.wrong.append(finding(_moved_but(job, answer, delivered, never_posted)))
+    elif state == State.TRANSFERRED:
+        verdict.wrong.append(finding("transferred but the call never moved under its request id"))
+    elif state == State.TRANSFER_FAILED:
+        if rid not in truth.failed:
+            verdict.wrong.append(finding("transfer_failed but ACS has no failed transfer under its request id"))
+    elif state == State.DEAD:
+        if job.definite:
+            verdict.wrong.append(finding(f"dead after a definite answer: last {answer} ({job.reason})"))
+        elif FAILED_EVENT in delivered:
+            verdict.wrong.append(finding("dead although its CallTransferFailed was delivered"))
+        else:
+            verdict.dead_unanswered.append(finding(f"dead, no attempt answered ({job.reason})"))
+    elif state not in KNOWN and job.attempts:
+        verdict.wrong.append(finding(f"{state} after {job.attempts} attempt(s), the call did not move"))
+    _check_explained(job, verdict)
+
+
+def _moved_but(job: JobFacts, answer: str, delivered: set[str], never_posted: bool) -> str:
+    """Why a job whose transfer took effect did not end transferred: the reason names the path it took."""
+    event = (
+        "its outcome event was never posted"
+        if never_posted
+        else f"its {_short(delivered)} was delivered"
+        if delivered
+        else "its outcome event was not delivered"
+    )
+    if job.state == State.FAILED:
+        return f"failed although the call was transferred: {answer} after an attempt without a definite answer; {event}"
+    if job.state == State.DEAD:
+        return f"dead although the call was transferred: last {answer}; {event} ({job.reason})"
+    return f"{job.state} although the call was transferred: last {answer}; {event}"
+
+
+def _short(types: set[str]) -> str:
+    return " and ".join(sorted(kind.rpartition(".")[2] for kind in types))
+
+
+def _check_explained(job: JobFacts, verdict: Verdict) -> None:
+    if job.state in {State.FAILED, State.DEAD, State.TRANSFER_FAILED} and not job.reason:
+        verdict.unexplained.append(Finding(job.id, job.call, f"{job.state} without a reason"))
+    if job.state == State.FAILED and job.last_status is None:
+        verdict.unexplained.append(Finding(job.id, job.call, "failed without ACS's status"))
+    if job.state == State.TRANSFER_FAILED and job.result_code is None:
+        verdict.unexplained.append(Finding(job.id, job.call, "transfer_failed without ACS's result code"))
 
 
 # --- the emulator's fault plans --------------------------------------------------------------------------
@@ -207,19 +455,35 @@ def _status(status: int, stage: str = "before", **extra: Any) -> dict[str, Any]:
 MIXED_FAULTS = [
     _status(500, "before"),
     _status(502, "before"),
-    _status(503, "after"),  # took effect, the client sees 503: the retry must be answered from the record
+    _status(503, "after"),  # took effect, ACS recorded 202, the client sees 503: the retry is answered 202
+    _status(503, "after_5xx"),  # took effect, ACS recorded 503: the retry is executed again and meets 404
+    _status(500, "after_5xx"),
     _status(504, "answer"),  # ACS itself answered 504 without effect: the retry executes again
     _status(503, "before", retry_after=0.2, retry_after_header="x-ms-retry-after-ms"),
     _status(429, "before", retry_after=0.5, retry_after_header="retry-after-ms"),
     {"kind": "timeout", "stage": "before", "seconds": HANG_SECONDS},
     {"kind": "timeout", "stage": "after", "seconds": HANG_SECONDS},
+    {"kind": "timeout", "stage": "after_5xx", "seconds": HANG_SECONDS},
     {"kind": "drop", "stage": "before"},
     {"kind": "drop", "stage": "after"},
+    {"kind": "drop", "stage": "after_5xx"},
 ]
-CALLBACKS = {"fail_rate": 0.05, "duplicate_rate": 0.05, "drop_rate": 0.01, "delay_ms": 50}
+#: outcome events: some transfers fail; events come before the 202, late (but before RECONCILE_AFTER has
+#: passed since the job could have gone unknown), twice or never. Never only for a transfer whose 202 went out:
+#: a transfer with neither an answer nor an event is unknowable, and its replay a double nobody could avoid.
+CALLBACKS = {
+    "drop_answered_only": True,
+    "fail_rate": 0.05,
+    "duplicate_rate": 0.05,
+    "drop_rate": 0.01,
+    "delay_ms": 300,  # after most retries of a hidden answer: what the worker makes of the retry is tested
+    "early_rate": 0.03,
+    "late_rate": 0.05,
+    "late_ms": 8000,
+}
 
 
-def fault_plan(config: ChaosConfig, gone: list[str], phase: str, seed: int) -> dict[str, Any]:
+def fault_plan(config: ChaosConfig, gone: Iterable[str], phase: str, seed: int) -> dict[str, Any]:
     """The base plan (random mixed faults), or a short phase on top of it: a 429 burst, a 5xx burst, slowness."""
     plan: dict[str, Any] = {
         "seed": seed,
@@ -231,16 +495,19 @@ def fault_plan(config: ChaosConfig, gone: list[str], phase: str, seed: int) -> d
     if phase == "429 burst":
         plan["script"] = [_status(429, "before", retry_after=1)] * 60
     elif phase == "5xx burst":
-        plan["script"] = [_status(503, "before"), _status(500, "after"), _status(503, "after")] * 20
+        plan["script"] = [_status(503, "before"), _status(500, "after"), _status(503, "after_5xx")] * 20
     elif phase == "latency spike":
         plan["latency_ms"] = 400
+    elif phase == "ACS outage":
+        outage = [_status(503, "before")] * 19 + [{"kind": "timeout", "stage": "after_5xx", "seconds": HANG_SECONDS}]
+        plan["random"] = {"rate": 1.0, "faults": outage}
     return plan
 
 
 # --- helpers --------------------------------------------------------------------------------------------
 
 
-def _http_json(url: str, method: str = "GET", payload: object | None = None, timeout: float = 30.0) -> Any:
+def _http_json(url: str, method: str = "GET", payload: object | None = None, timeout: float = 60.0) -> Any:
     data = json.dumps(payload).encode() if payload is not None else None
     request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -254,6 +521,10 @@ def _percentile(values: list[float], share: float) -> float | None:
     return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
 
 
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 @dataclass(order=True)
 class _Event:
     at: float  # seconds after the feed starts
@@ -265,11 +536,47 @@ def schedule(config: ChaosConfig, rng: random.Random) -> list[_Event]:
     disruption (in shuffled order) and each strikes somewhere in its own slot, so they spread over the run
     instead of piling up."""
     kinds = ["kill"] * config.kills + ["broker restart"] * config.broker_restarts
-    kinds += ["ledger pause"] * config.db_pauses + ["429 burst", "5xx burst", "latency spike"]
+    kinds += ["ledger pause"] * config.db_pauses + ["ledger connection kill"] * config.db_connection_kills
+    kinds += ["429 burst", "5xx burst", "latency spike"]
     rng.shuffle(kinds)
     span = config.jobs / config.rate
     slot = span / len(kinds)
-    return [_Event(slot * (index + rng.uniform(0.15, 0.85)), kind) for index, kind in enumerate(kinds)]
+    events = [_Event(slot * (index + rng.uniform(0.15, 0.85)), kind) for index, kind in enumerate(kinds)]
+    # The outage early in the feed, so plenty of jobs meet it and their replacements run before the end.
+    return sorted([*events, _Event(span * rng.uniform(0.15, 0.35), "ACS outage")])
+
+
+PHASES = frozenset({"429 burst", "5xx burst", "latency spike", "ACS outage"})
+
+
+def _next_due(events: list[_Event], elapsed: float, phase_running: bool) -> _Event | None:
+    """The next disruption due; an emulator phase waits while another phase runs (they would cut it short)."""
+    for event in events:
+        if event.at > elapsed:
+            return None
+        if not (phase_running and event.kind in PHASES):
+            return event
+    return None
+
+
+def socket_ports(pids: Iterable[int]) -> set[int]:
+    """The local TCP ports of every socket these processes hold (from /proc): which ledger backends are theirs."""
+    inodes: set[str] = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.scandir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    target = os.readlink(fd.path)
+                    if target.startswith("socket:["):
+                        inodes.add(target[8:-1])
+    ports: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if len(fields) > 9 and fields[9] in inodes:
+                    ports.add(int(fields[1].rpartition(":")[2], 16))
+    return ports
 
 
 class _Cluster:
@@ -310,8 +617,11 @@ class _Cluster:
             claim_lease=3.0,
             sweep_interval=1.0,
             republish_after=5.0,
-            reconcile_after=300.0,  # at least the repeatability window: Settings refuses less
+            repeatability_window=REPEATABILITY_WINDOW,
+            window_safety_margin=WINDOW_SAFETY_MARGIN,
+            reconcile_after=RECONCILE_AFTER,
             worker_concurrency=config.concurrency,
+            # serve receives the emulator's events and verifies their RS256 tokens with the emulator's keys
             callback_base_url=f"http://127.0.0.1:{serve_port}",
             acs_resource_id=DEFAULT_RESOURCE_ID,
             callback_jwks_url=f"{self.emulator_url}/calling/keys",
@@ -360,6 +670,18 @@ class _Cluster:
         finally:
             self.postgres.resume()
 
+    def kill_ledger_connections(self, monitor: SyncLedger) -> int:
+        """pg_terminate_backend of every backend whose client is a worker process; how many were killed."""
+        ports = socket_ports(group_pids(process.pid for process in self.workers if process.poll() is None))
+        if not ports:
+            return 0
+        query = sa.text(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE client_port = ANY(:ports) AND pid <> pg_backend_pid()"
+        )
+        with monitor._engine.begin() as connection:
+            return int(connection.execute(query, {"ports": sorted(ports)}).scalar() or 0)
+
     def close(self) -> None:
         # The database first: a frozen PostgreSQL would hang everything below.
         if self.postgres is not None:
@@ -387,18 +709,28 @@ def _spawn(command: list[str], env: dict[str, str], log_file: Path) -> subproces
         )
 
 
+def call_name(seed: int, index: int) -> str:
+    return f"chaos-{seed}-{index:06d}"
+
+
+def campaign_of(index: int, config: ChaosConfig) -> str:
+    """Every job's campaign, spread evenly: a `paced_share` of them is paced."""
+    paced = int((index + 1) * config.paced_share) > int(index * config.paced_share)
+    return PACED_CAMPAIGN if paced else CAMPAIGN
+
+
 class _Feeder(threading.Thread):
-    """Enqueues the campaign through the Python producer API at a steady rate, keeping at most BACKLOG jobs
-    unsettled (a campaign is paced: it is fed while it runs, through every disruption).
+    """Enqueues the campaigns through the Python producer API at a steady rate, keeping at most BACKLOG jobs
+    unsettled (a campaign is fed while it runs, through every disruption). Calls are named from their index,
+    so nothing per job is kept here.
 
     An enqueue that fails (the ledger paused past its connection's patience) is retried with the same
     idempotency key: the producer's contract is that this creates the job at most once."""
 
-    def __init__(self, producer: Producer, calls: list[str], rate: float, stop_at: float) -> None:
+    def __init__(self, producer: Producer, config: ChaosConfig, stop_at: float) -> None:
         super().__init__(name="chaos-feeder", daemon=True)
         self.producer = producer
-        self.calls = calls
-        self.rate = rate
+        self.config = config
         self.stop_at = stop_at
         self.started = time.monotonic()
         self.enqueued = 0
@@ -408,10 +740,12 @@ class _Feeder(threading.Thread):
         self.halt = threading.Event()
 
     def run(self) -> None:
+        config = self.config
         try:
             self.started = time.monotonic()
-            for index, call in enumerate(self.calls):
-                ahead = self.started + index / self.rate - time.monotonic()
+            for index in range(config.jobs):
+                call = call_name(config.seed, index)
+                ahead = self.started + index / config.rate - time.monotonic()
                 if ahead > 0:
                     time.sleep(ahead)
                 while self.enqueued - self.settled >= BACKLOG and not self.halt.is_set():
@@ -421,11 +755,11 @@ class _Feeder(threading.Thread):
                         self.producer.enqueue(
                             {
                                 "callConnectionId": call,
-                                "targetParticipant": f"4:+1555{index:07d}",
+                                "targetParticipant": f"4:+1555{index % 10_000_000:07d}",
                                 "operationContext": call,
                             },
                             idempotency_key=f"chaos-{call}",
-                            campaign=CAMPAIGN,
+                            campaign=campaign_of(index, config),
                         )
                         break
                     except Exception:
@@ -438,7 +772,56 @@ class _Feeder(threading.Thread):
             self.error = error
 
 
+class _Operator:
+    """Replays dead jobs as an operator would (`acs-transfer dead replay`), while outcome events still arrive."""
+
+    def __init__(self, producer: Producer, settings: Settings, result: ChaosResult) -> None:
+        self.producer = producer
+        self.settings = settings
+        self.result = result
+
+    def dead_not_replayed(self, monitor: SyncLedger) -> list[str]:
+        query = sa.select(jobs.c.id).where(
+            jobs.c.campaign.in_(CAMPAIGNS), jobs.c.state == State.DEAD, jobs.c.replayed_by.is_(None)
+        )
+        with monitor._engine.connect() as connection:
+            return list(connection.execute(query).scalars())
+
+    def replay_dead(self, monitor: SyncLedger, say: Callable[[str], None]) -> None:
+        done = warned = 0
+        for job_id in self.dead_not_replayed(monitor):
+            try:
+                replayed = replay(
+                    self.producer.ledger,
+                    self.producer.publisher,
+                    job_id,
+                    "chaos: operator replay",
+                    self.settings.callback_base_url,
+                )
+            except (JobNotFound, ReplayRefused):
+                continue  # settled meanwhile (a late event), or replayed already
+            except Exception as error:  # the ledger or broker is down right now: the next round tries again
+                say(f"replay of {job_id} failed for now: {type(error).__name__}")
+                return
+            done += 1
+            warned += replayed.effect_unknown
+        if done:
+            self.result.replayed += done
+            self.result.replay_warnings += warned
+            say(f"operator replayed {done} dead job(s) ({warned} with the effect-unknown warning)")
+
+
 # --- the run --------------------------------------------------------------------------------------------
+
+
+def _counts(monitor: SyncLedger) -> Counter[str]:
+    query = sa.select(jobs.c.state, sa.func.count()).where(jobs.c.campaign.in_(CAMPAIGNS)).group_by(jobs.c.state)
+    with monitor._engine.connect() as connection:
+        return Counter({state: int(count) for state, count in connection.execute(query)})
+
+
+def _pending_events(emulator_url: str) -> int:
+    return int(_http_json(f"{emulator_url}/_emulator/callbacks?deliveries=false")["pending"])
 
 
 def run_chaos(config: ChaosConfig, out: Callable[[str], None] = print) -> ChaosResult:
@@ -454,8 +837,7 @@ def run_chaos(config: ChaosConfig, out: Callable[[str], None] = print) -> ChaosR
         out(line)
 
     rng = random.Random(config.seed)
-    calls = [f"chaos-{config.seed}-{index:06d}" for index in range(config.jobs)]
-    gone = [call for call in calls if rng.random() < GONE_CALL_SHARE]
+    gone = [call_name(config.seed, index) for index in range(config.jobs) if rng.random() < GONE_CALL_SHARE]
     events = schedule(config, rng)
     say(
         f"chaos: {config.jobs} jobs on {config.broker}, {config.workers} workers, seed {config.seed}; "
@@ -471,20 +853,28 @@ def run_chaos(config: ChaosConfig, out: Callable[[str], None] = print) -> ChaosR
     phase_ends: float | None = None
     plan_seed = config.seed
     quiet_since: float | None = None
+    next_replay = next_progress = time.monotonic()
     try:
         cluster.start()
         assert cluster.settings is not None
-        say(f"started: broker, ledger, emulator, serve, {config.workers} workers")
+        say(f"started: broker, ledger, emulator, serve (verifying the emulator's tokens), {config.workers} workers")
         _http_json(f"{cluster.emulator_url}/_emulator/faults", "PUT", fault_plan(config, gone, "base", plan_seed))
         producer = Producer(cluster.settings)
-        feeder = _Feeder(producer, calls, config.rate, deadline)
+        producer.ledger.run(op_save_campaign, PACED_CAMPAIGN, config.paced_rate, "chaos", time.time())
+        producer.ledger.run(op_save_campaign, CAMPAIGN, None, "chaos", time.time())
+        operator = _Operator(producer, cluster.settings, result)
+        feeder = _Feeder(producer, config, deadline)
         feeder.start()
         monitor = SyncLedger(cluster.settings.ledger_url)
         try:
             while time.monotonic() < deadline:
-                counts = monitor.run(op_count_by_state, CAMPAIGN)
+                counts = _counts(monitor)
                 feeder.settled = sum(counts.get(state, 0) for state in State.SETTLED)
                 now = time.monotonic()
+                if now >= next_progress:
+                    next_progress = now + PROGRESS_EVERY
+                    shown = " ".join(f"{state} {counts[state]}" for state in State.ALL if counts.get(state))
+                    say(f"progress: {feeder.enqueued}/{config.jobs} enqueued; {shown}; rss {_peak_rss_mb():.0f} MB")
                 for when, count in [r for r in restarts if r[0] <= now]:
                     restarts.remove((when, count))
                     for _ in range(count):
@@ -497,9 +887,15 @@ def run_chaos(config: ChaosConfig, out: Callable[[str], None] = print) -> ChaosR
                     )
                     phase_ends = None
                     say("emulator back to the base fault plan")
-                if events and events[0].at <= now - feeder.started:
-                    event = events.pop(0)
-                    phase_ends = _strike(event.kind, cluster, config, gone, rng, result, restarts, say, phase_ends)
+                event = _next_due(events, now - feeder.started, phase_running=phase_ends is not None)
+                if event is not None:
+                    events.remove(event)
+                    phase_ends = _strike(
+                        event.kind, cluster, monitor, config, gone, rng, result, restarts, say, phase_ends
+                    )
+                if config.replays and now >= next_replay:
+                    next_replay = now + REPLAY_EVERY
+                    operator.replay_dead(monitor, say)
                 if feeder.error is not None:
                     raise RuntimeError(f"the feeder failed: {feeder.error!r}")
                 for process in [w for w in cluster.workers if w.poll() is not None]:
@@ -508,17 +904,19 @@ def run_chaos(config: ChaosConfig, out: Callable[[str], None] = print) -> ChaosR
                     result.injected["worker exited on its own (not injected)"] += 1
                     say(f"worker {process.pid} exited on its own with {process.returncode}; starting another")
                     cluster.start_worker()
-                done = not events and feeder.enqueued == config.jobs and _all_final(monitor, counts, cluster, config)
-                # Final twice, a second apart: an outcome event scheduled a moment ago shows up in between.
+                done = not events and feeder.enqueued == config.jobs and _all_settled(counts, cluster, monitor, config)
+                # Settled twice, a second apart: an outcome event scheduled a moment ago shows up in between.
                 if done and quiet_since is not None and now - quiet_since >= 1.0:
                     break
                 quiet_since = (quiet_since or now) if done else None
                 time.sleep(0.5)
             else:
+                result.timed_out = True
                 say("duration limit reached: auditing what there is")
             feeder.halt.set()
             result.enqueue_retries = feeder.retries
-            _audit(monitor, cluster.emulator_url, calls, result)
+            say("auditing every job against the emulator's record")
+            _audit(monitor, cluster.emulator_url, config, result, feeder.enqueued)
         finally:
             monitor.close()
     finally:
@@ -532,6 +930,7 @@ def run_chaos(config: ChaosConfig, out: Callable[[str], None] = print) -> ChaosR
         structlog.reset_defaults()
         producer_log.close()
         result.elapsed = time.monotonic() - started
+        result.peak_rss_mb = _peak_rss_mb()
     (folder / "timeline.txt").write_text("\n".join(result.timeline) + "\n")
     (folder / "result.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
     if result.ok and config.log_dir is None:
@@ -543,6 +942,7 @@ def run_chaos(config: ChaosConfig, out: Callable[[str], None] = print) -> ChaosR
 def _strike(
     kind: str,
     cluster: _Cluster,
+    monitor: SyncLedger,
     config: ChaosConfig,
     gone: list[str],
     rng: random.Random,
@@ -570,120 +970,198 @@ def _strike(
         cluster.pause_ledger(seconds)
         result.injected["ledger database pause"] += 1
         say("ledger database resumed")
+    elif kind == "ledger connection kill":
+        killed = cluster.kill_ledger_connections(monitor)
+        result.injected["ledger connection kill (pg_terminate_backend)"] += 1
+        result.injected["ledger connection kill: worker backends terminated"] += killed
+        say(f"ledger connections of the workers killed: {killed} backend(s) terminated")
     else:
         _http_json(
             f"{cluster.emulator_url}/_emulator/faults", "PUT", fault_plan(config, gone, kind, config.seed + 1000)
         )
         result.injected[f"emulator phase: {kind}"] += 1
-        say(f"emulator phase: {kind}")
-        return time.monotonic() + rng.uniform(3.0, 8.0)
+        lasts = OUTAGE_SECONDS if kind == "ACS outage" else rng.uniform(3.0, 8.0)
+        say(f"emulator phase: {kind} for {lasts:.0f}s")
+        return time.monotonic() + lasts
     return phase_ends
 
 
-def _deliveries(emulator_url: str) -> dict[str, list[dict[str, Any]]]:
-    by_call: dict[str, list[dict[str, Any]]] = {}
-    for delivery in _http_json(f"{emulator_url}/_emulator/callbacks")["deliveries"]:
-        by_call.setdefault(delivery["callConnectionId"], []).append(delivery)
-    return by_call
-
-
-def _delivered(deliveries: list[dict[str, Any]]) -> bool:
-    return any(d["status"] is not None and 200 <= d["status"] < 300 for d in deliveries)
-
-
-def _all_final(monitor: SyncLedger, counts: dict[str, int], cluster: _Cluster, config: ChaosConfig) -> bool:
-    """Every job final, or accepted with an outcome event that will never come."""
-    if sum(counts.get(state, 0) for state in FINAL | {State.ACCEPTED}) < config.jobs:
+def _all_settled(counts: Counter[str], cluster: _Cluster, monitor: SyncLedger, config: ChaosConfig) -> bool:
+    """Nothing left to happen: no job active, no outcome event on its way, no dead job left to replay."""
+    if any(counts.get(state) for state in ACTIVE):
         return False
-    if not counts.get(State.ACCEPTED):
-        return True
+    if _pending_events(cluster.emulator_url):
+        return False
+    return not (config.replays and counts.get(State.DEAD) and _has_unreplayed_dead(monitor))
+
+
+def _has_unreplayed_dead(monitor: SyncLedger) -> bool:
+    query = sa.select(jobs.c.id).where(
+        jobs.c.campaign.in_(CAMPAIGNS), jobs.c.state == State.DEAD, jobs.c.replayed_by.is_(None)
+    )
     with monitor._engine.connect() as connection:
-        accepted = connection.execute(
-            sa.select(jobs.c.call_connection_id).where(jobs.c.campaign == CAMPAIGN, jobs.c.state == State.ACCEPTED)
-        ).scalars()
-        waiting = list(accepted)
-    deliveries = _deliveries(cluster.emulator_url)
-    # An event still on its way (scheduled, in flight, or delivered and being applied) is worth waiting for.
-    return not any(_delivered(deliveries.get(call, [])) or _pending(deliveries.get(call)) for call in waiting)
+        return connection.execute(query.limit(1)).first() is not None
 
 
-def _pending(deliveries: list[dict[str, Any]] | None) -> bool:
-    return bool(deliveries) and all(d["status"] is None and d["error"] is None for d in deliveries or [])
+# --- the audit, against the emulator's record ------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _rows(monitor: SyncLedger) -> Iterator[list[Any]]:
-    with monitor._engine.connect() as connection:
-        yield list(connection.execute(sa.select(jobs).where(jobs.c.campaign == CAMPAIGN)))
+@dataclass
+class RunTruth:
+    """The emulator's record for the whole run, kept lean (a 100,000-job audit holds it all): effects per
+    call; failed transfers and events never posted by request id (request ids are unique across calls)."""
+
+    effects: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    failed: set[str] = field(default_factory=set)
+    never_posted: set[str] = field(default_factory=set)
+
+    def take(self, call: str) -> CallTruth:
+        """One call's truth; the call is taken out, so what is left at the end no job named."""
+        effects = dict(self.effects.pop(call, []))
+        return CallTruth(effects=effects, failed=self.failed, never_posted=self.never_posted)
 
 
-def _audit(monitor: SyncLedger, emulator_url: str, calls: list[str], result: ChaosResult) -> None:
-    effects_by_call: dict[str, int] = _http_json(f"{emulator_url}/_emulator/transfers")["effectsByCall"]
-    requests = _http_json(f"{emulator_url}/_emulator/requests")
-    deliveries = _deliveries(emulator_url)
+def _truth(emulator_url: str) -> RunTruth:
+    """The emulator's record: effects, failed transfers, events never posted (deliveries come per call)."""
+    truth = RunTruth()
+    transfers = _http_json(f"{emulator_url}/_emulator/transfers?bodies=false")
+    for entry in transfers["transfers"]:
+        truth.effects.setdefault(entry["callConnectionId"], []).append((entry["requestId"], int(entry["effects"])))
+    truth.failed = {entry["requestId"] for entry in transfers["failedTransfers"]}
+    del transfers
+    dropped = _http_json(f"{emulator_url}/_emulator/callbacks?deliveries=false")["dropped"]
+    truth.never_posted = {entry["requestId"] for entry in dropped}
+    return truth
+
+
+def _add_deliveries(emulator_url: str, call: str, truth: CallTruth) -> None:
+    """The events delivered for one call, fetched only for the few jobs whose verdict depends on them."""
+    query = urllib.parse.urlencode({"call": call})
+    for entry in _http_json(f"{emulator_url}/_emulator/callbacks?{query}")["deliveries"]:
+        if entry["status"] is not None and 200 <= entry["status"] < 300:
+            truth.delivered.setdefault(entry["requestId"], set()).add(entry["type"])
+
+
+def _definite_job_ids(connection: sa.Connection) -> set[str]:
+    """Jobs of the run for which some attempt got a definite answer, from their history."""
+    status = job_events.c.status
+    definite = sa.or_(
+        sa.and_(status >= 200, status < 300),
+        sa.and_(status >= 400, status < 500, status.not_in(sorted(NOT_DEFINITE))),
+    )
+    ours = sa.select(jobs.c.id).where(jobs.c.campaign.in_(CAMPAIGNS))
+    query = sa.select(job_events.c.job_id).where(definite, job_events.c.job_id.in_(ours)).distinct()
+    return set(connection.execute(query).scalars())
+
+
+def _history(connection: sa.Connection, job_id: str) -> list[str]:
+    query = sa.select(job_events).where(job_events.c.job_id == job_id).order_by(job_events.c.id)
+    lines = []
+    for row in connection.execute(query):
+        answer = f" {row.status}" if row.status is not None else ""
+        attempt = f" #{row.attempt}" if row.attempt is not None else ""
+        lines.append(f"{row.from_state or '-'} -> {row.to_state}{attempt}{answer}: {(row.detail or '')[:140]}")
+    return lines
+
+
+def _emulator_history(emulator_url: str, call: str) -> list[str]:
+    query = urllib.parse.urlencode({"call": call})
+    logged = _http_json(f"{emulator_url}/_emulator/requests?{query}")["requests"]
+    lines = []
+    for entry in logged:
+        fault = entry["fault"]
+        what = (
+            "" if not fault or not fault["applied"] else f" fault {fault.get('status', fault['kind'])} {fault['stage']}"
+        )
+        lines.append(f"emulator: {(entry['requestId'] or '-')[:8]} answered {entry['status']}{what}")
+    return lines
+
+
+def _audit(monitor: SyncLedger, emulator_url: str, config: ChaosConfig, result: ChaosResult, fed: int) -> None:
+    truth = _truth(emulator_url)
+    requests = _http_json(f"{emulator_url}/_emulator/requests?call=-")
     result.requests = int(requests["total"])
-    for entry in requests["requests"]:
-        fault = entry.get("fault")
-        if fault and fault.get("applied"):
-            what = fault["kind"] if fault.get("status") is None else f"{fault['status']}"
-            result.injected[f"emulator {what} {fault['stage']}"] += 1
-    for deliveries_of_call in deliveries.values():
-        if any(d["type"].endswith("CallTransferFailed") for d in deliveries_of_call):
-            result.injected["emulator outcome event: transfer failed"] += 1
-        if len({d["eventId"] for d in deliveries_of_call}) < len(deliveries_of_call):
-            result.injected["emulator outcome event: delivered twice"] += 1
-    with _rows(monitor) as rows:
-        found = {row.call_connection_id: row for row in rows}
+    for what, count in requests["faultsApplied"].items():
+        result.injected[f"emulator {what}"] += count
+    result.injected["emulator transfer failed (CallTransferFailed)"] += len(truth.failed)
+    result.injected["emulator outcome event never posted"] += len(truth.never_posted)
+    verdict = Verdict()
     accepted_ms: list[float] = []
     final_ms: list[float] = []
-    for call in calls:
-        row = found.get(call)
-        if row is None:
-            result.lost.append(f"{call}: no job in the ledger")
+    columns = [jobs.c[name] for name in ("id", "call_connection_id", "request_id", "state", "attempts", "reason")]
+    columns += [jobs.c[name] for name in ("last_status", "result_code", "replay_of", "created_at")]
+    columns += [jobs.c.accepted_at, jobs.c.settled_at]
+    query = sa.select(*columns).where(jobs.c.campaign.in_(CAMPAIGNS)).order_by(jobs.c.call_connection_id)
+    seen_calls: set[str] = set()
+    with monitor._engine.connect() as connection:
+        definite = _definite_job_ids(connection)
+        group: list[JobFacts] = []
+        for row in connection.execution_options(yield_per=2000).execute(query):
+            facts = JobFacts(
+                row.id,
+                row.call_connection_id,
+                row.request_id,
+                row.state,
+                row.attempts,
+                row.reason,
+                row.last_status,
+                row.result_code,
+                row.replay_of,
+                row.id in definite,
+            )
+            result.states[row.state] += 1
+            result.retried += row.attempts > 1
+            if row.accepted_at is not None:
+                accepted_ms.append((row.accepted_at - row.created_at) * 1000)
+            if row.settled_at is not None:
+                final_ms.append((row.settled_at - row.created_at) * 1000)
+            if group and group[0].call != facts.call:
+                _judge(group, truth, emulator_url, verdict, result, seen_calls)
+                group = []
+            group.append(facts)
+        if group:
+            _judge(group, truth, emulator_url, verdict, result, seen_calls)
+        for finding in _examples(verdict.wrong, per_reason=True) + verdict.lost[:EXAMPLES] + verdict.doubled[:EXAMPLES]:
+            finding.history = _history(connection, finding.job_id) + _emulator_history(emulator_url, finding.call)
+    for index in range(config.jobs):
+        call = call_name(config.seed, index)
+        if call in seen_calls:
             continue
-        state = row.state
-        result.states[state] += 1
-        count = effects_by_call.get(call, 0)
-        result.effects[count] += 1
-        if row.attempts > 1:
-            result.retried += 1
-        if row.accepted_at is not None:
-            accepted_ms.append((row.accepted_at - row.created_at) * 1000)
-        if row.settled_at is not None:
-            final_ms.append((row.settled_at - row.created_at) * 1000)
-        where = f"{row.id} ({call})"
-        if state == State.ACCEPTED:
-            if not deliveries.get(call):
-                result.accepted_event_dropped += 1
-            elif not _delivered(deliveries[call]):
-                result.accepted_event_undelivered += 1
-            else:
-                result.lost.append(f"{where}: accepted although its outcome event was delivered")
-        elif state not in FINAL:
-            result.lost.append(f"{where}: still {state} ({row.reason})")
-        expected = {
-            State.TRANSFERRED: {1},
-            State.TRANSFER_FAILED: {1},
-            State.ACCEPTED: {1},
-            State.FAILED: {0},
-            State.DEAD: {0, 1},
-        }.get(state)
-        if expected is not None and count not in expected:
-            result.disagreeing.append(f"{where}: {state} but the call took effect {count}x")
-        if state == State.DEAD:
-            result.dead_effect[count] += 1
-        if state in {State.FAILED, State.DEAD, State.TRANSFER_FAILED} and not row.reason:
-            result.unexplained.append(f"{where}: {state} without a reason")
-        if state == State.FAILED and row.last_status is None:
-            result.unexplained.append(f"{where}: failed without ACS's status")
-        if state == State.TRANSFER_FAILED and row.result_code is None:
-            result.unexplained.append(f"{where}: transfer_failed without ACS's result code")
-    result.doubled = [f"{call}: took effect {n}x" for call, n in effects_by_call.items() if n > 1]
-    result.doubled += [f"{call}: took effect but no job names it" for call in set(effects_by_call) - set(calls)]
+        if index < fed:
+            verdict.lost.append(Finding("-", call, "enqueued, yet no job in the ledger"))
+        else:
+            result.not_fed += 1
+    for call, effects in truth.effects.items():  # judged calls were taken out
+        if any(count for _, count in effects):
+            verdict.doubled.append(Finding("-", call, "took effect but no job names the call"))
+    for name in Verdict.__dataclass_fields__:
+        getattr(result, name).extend(getattr(verdict, name))
     result.p50_accepted_ms = _percentile(accepted_ms, 0.5)
     result.p95_accepted_ms = _percentile(accepted_ms, 0.95)
     result.p50_final_ms = _percentile(final_ms, 0.5)
     result.p95_final_ms = _percentile(final_ms, 0.95)
+
+
+def _verdict_needs_deliveries(job: JobFacts, truth: CallTruth) -> bool:
+    moved = truth.effects.get(job.request_id, 0) > 0
+    return job.state in (State.ACCEPTED, State.DEAD) or (moved and job.state != State.TRANSFERRED)
+
+
+def _judge(
+    group: list[JobFacts],
+    truth: RunTruth,
+    emulator_url: str,
+    verdict: Verdict,
+    result: ChaosResult,
+    seen: set[str],
+) -> None:
+    call = group[0].call
+    seen.add(call)
+    call_truth = truth.take(call)
+    if any(_verdict_needs_deliveries(job, call_truth) for job in group):
+        _add_deliveries(emulator_url, call, call_truth)
+    result.effects[call_truth.total] += 1
+    verdict.add(judge_call(call, group, call_truth))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -698,6 +1176,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kills", type=int, default=3, help="kill -9 of a worker process (restarted after)")
     parser.add_argument("--broker-restarts", type=int, default=1)
     parser.add_argument("--db-pauses", type=int, default=1)
+    parser.add_argument("--db-connection-kills", type=int, default=1, help="pg_terminate_backend of the workers'")
+    parser.add_argument("--paced-share", type=float, default=0.25, help="share of the jobs in the paced campaign")
+    parser.add_argument("--no-replays", action="store_true", help="do not replay dead jobs during the run")
     parser.add_argument("--log-dir", type=Path, default=None, help="keep every log here (default: kept on failure)")
     parser.add_argument("--json", type=Path, default=None, help="also write the result as JSON here")
     args = parser.parse_args(argv)
@@ -712,6 +1193,9 @@ def main(argv: list[str] | None = None) -> int:
         kills=args.kills,
         broker_restarts=args.broker_restarts,
         db_pauses=args.db_pauses,
+        db_connection_kills=args.db_connection_kills,
+        replays=not args.no_replays,
+        paced_share=args.paced_share,
         rate=args.rate,
         log_dir=args.log_dir,
     )

@@ -21,10 +21,10 @@ import kombu
 import pytest
 from aiohttp import web
 
-from worker.broker import TASK_NAME, transfer_queue
+from worker.broker import TASK_NAME, lane_queues, transfer_queue
 from worker.config import Settings
 from worker.emulator import Emulator, EmulatorConfig, start_emulator
-from worker.ledger import Job, State
+from worker.ledger import Job, Lane, State
 from worker.processes import child_env, free_port, spawn_worker, stop
 from worker.producer import Producer
 from worker.server import create_app
@@ -89,9 +89,9 @@ def celery_message(task_id: str, kwargs: dict[str, Any], task: str = TASK_NAME) 
     return json.dumps(body).encode(), headers
 
 
-def publish_raw(settings: Settings, messages: list[tuple[bytes, dict[str, Any]]]) -> None:
+def publish_raw(settings: Settings, messages: list[tuple[bytes, dict[str, Any]]], lane: str = Lane.LIVE) -> None:
     """Publish with plain kombu, no Celery involved."""
-    queue = transfer_queue(settings)
+    queue = transfer_queue(settings, lane)
     with kombu.Connection(settings.broker_url) as connection:
         producer = connection.Producer()
         for body, headers in messages:
@@ -109,7 +109,8 @@ def publish_raw(settings: Settings, messages: list[tuple[bytes, dict[str, Any]]]
 def _delete_queue(settings: Settings) -> None:
     if settings.broker_url.startswith("amqp"):
         with kombu.Connection(settings.broker_url) as connection:
-            transfer_queue(settings)(connection.default_channel).delete()
+            for queue in lane_queues(settings):
+                queue(connection.default_channel).delete()
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import kombu
+import pytest
 from click.testing import CliRunner, Result
 from stack import Stack
 
@@ -22,11 +23,11 @@ from worker.broker import TASK_NAME, transfer_queue
 from worker.bulk import BatchPublisher
 from worker.campaign import op_get_campaign, op_progress
 from worker.campaign_files import read_rows
-from worker.campaign_submit import Submitter
+from worker.campaign_submit import RejectsFile, Submitter
 from worker.celery_app import create_app
 from worker.cli import main
 from worker.config import Settings
-from worker.ledger import State, SyncLedger, op_count_by_state
+from worker.ledger import Lane, State, SyncLedger, op_count_by_state
 from worker.publisher import Publisher
 
 CAMPAIGN_CSV = (
@@ -121,16 +122,19 @@ async def test_a_paced_campaign_keeps_its_rate_at_the_emulator(
     make_stack: Callable[[str, str], Any], tmp_path: Path
 ) -> None:
     stack: Stack = await make_stack("rabbitmq", "postgresql")
+    # A warm worker: the campaign is released at its rate from the first job on, and a cold worker's first
+    # request (new connections) would arrive late and shorten the span measured below.
+    stack.start_worker()
+    await stack.settled(stack.enqueue("call-warm-up"))
     source = tmp_path / "paced.jsonl"
     rows = [{"callConnectionId": f"call-p{i}", "targetParticipant": f"4:+1425555{i:04d}"} for i in range(8)]
     source.write_text("".join(json.dumps(row) + "\n" for row in rows))
     result = submit(stack.settings, str(source), "--campaign", "paced", "--rate", "240/min")
     assert result.exit_code == 0, result.output
     assert stack.producer.ledger.run(op_get_campaign, "paced").rate == 4.0  # type: ignore[union-attr]
-    stack.start_worker()
     ledger = stack.producer.ledger
     await stack.wait_for(lambda: ledger.run(op_progress, "paced", 0.0, 1.0).active == 0, "the campaign to settle")
-    times = sorted(entry.at for entry in stack.emulator.state.requests)
+    times = sorted(entry.at for entry in stack.emulator.state.requests if entry.call_connection_id != "call-warm-up")
     assert len(times) == 8
     assert times[-1] - times[0] >= 7 / 4.0 - 0.2  # one every 250 ms, not all at once
 
@@ -216,10 +220,10 @@ def test_batch_publishing_sends_celerys_own_message(rabbitmq_url: str) -> None:
     """The batch publisher's messages carry what Celery's send_task would put in them, each job its own id."""
     settings = Settings(broker_url=rabbitmq_url, queue=f"acs-test-{uuid.uuid4().hex[:10]}")
     app = create_app(settings)
-    batch = BatchPublisher(app, settings)
-    queue = transfer_queue(settings)
+    batch = BatchPublisher(app, settings)  # campaigns go to the bulk lane
+    queue = transfer_queue(settings, Lane.BULK)
     try:
-        Publisher(app, settings).publish(["one-by-one"])
+        Publisher(app, settings).publish(["one-by-one"], Lane.BULK)
         assert batch.publish([f"job-{i}" for i in range(300)]) == 300
         assert batch.publish(["job-last"]) == 1  # the connection is kept between batches
         with kombu.Connection(rabbitmq_url) as connection:
@@ -241,3 +245,40 @@ def test_batch_publishing_sends_celerys_own_message(rabbitmq_url: str) -> None:
         assert message.content_type == reference.content_type == "application/json"
         args, kwargs, _ = json.loads(message.body)
         assert (args, kwargs) == ([], {"job_id": message.headers["id"]})
+
+
+@pytest.mark.parametrize("batch_size", [1, 100])
+def test_a_key_that_comes_back_for_another_call_is_a_rejected_row_naming_the_key(
+    tmp_path: Path, batch_size: int
+) -> None:
+    """The call is not in the request body: a row whose key names an earlier row's job on another call is
+    a different transfer, whether the two rows share a batch or not."""
+    source = tmp_path / "calls.csv"
+    source.write_text(
+        "ticket,callConnectionId,targetParticipant\n"
+        "T-1,call-A,4:+14255550101\n"
+        "T-1,call-A,4:+14255550101\n"  # the same transfer again: already present
+        "T-1,call-B,4:+14255550101\n"  # the same key, the same target, another call
+    )
+    published: list[str] = []
+
+    def publish(job_ids: Iterable[str]) -> int:
+        published.extend(job_ids)
+        return len(published)
+
+    rejects = RejectsFile(tmp_path / "rejects.jsonl")
+    ledger = SyncLedger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    try:
+        submitter = Submitter(ledger, publish, "keys", rejects, key_column="ticket", batch_size=batch_size)
+        summary = submitter.submit(read_rows(source, "csv", key_column="ticket"))
+        assert ledger.run(op_count_by_state, "keys") == {State.QUEUED: 1}
+    finally:
+        rejects.close()
+        ledger.close()
+    assert (summary.enqueued, summary.already_present, summary.rejected) == (1, 1, 1)
+    (line,) = [json.loads(text) for text in rejects.path.read_text().splitlines()]
+    assert line["line"] == 4
+    assert line["errors"] == [
+        {"field": "ticket", "rule": "the key 'T-1' already names a different transfer in this campaign"}
+    ]
+    assert len(published) == 1

@@ -34,34 +34,105 @@ from worker.producer import prepare_job
 from worker.transfer import Context, send_job
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.chaos import ChaosConfig, run_chaos
+from bench.chaos import ACCEPTED_EVENT, CallTruth, ChaosConfig, JobFacts, Verdict, judge_call, run_chaos
 
 
 @pytest.mark.parametrize("broker", ["rabbitmq", "redis"])
 def test_a_short_chaos_run_loses_nothing_and_doubles_nothing(broker: str, tmp_path: Path) -> None:
-    """300 jobs fed at 6/s through 3 workers on a private broker and PostgreSQL, with 2 worker kills, a broker
-    restart, a ledger pause, and the emulator's mixed faults and outcome-event faults (bench/chaos.py)."""
+    """300 jobs fed at 6/s (a paced and an unpaced campaign) through 3 workers on a private broker and
+    PostgreSQL, with 2 worker kills, a broker restart, a ledger pause, a kill of the workers' ledger
+    connections, the emulator's mixed faults (before and after the effect), its outcome events through
+    `acs-transfer serve` (early, late, twice, never, failed), and dead jobs replayed as they appear; then the
+    strict audit of bench/chaos.py: no job lost, doubled or wrong against the emulator's record."""
     lines: list[str] = []
     config = ChaosConfig(
-        jobs=300, broker=broker, seed=20261126, rate=6.0, kills=2, duration_limit=240, log_dir=tmp_path / "chaos"
+        jobs=300, broker=broker, seed=20261126, rate=6.0, kills=2, duration_limit=170, log_dir=tmp_path / "chaos"
     )
     result = run_chaos(config, out=lines.append)
     report = result.table() + "\n" + "\n".join(lines)
-    assert result.lost == [], report
-    assert result.doubled == [], report
-    assert result.disagreeing == [], report
-    assert result.unexplained == [], report
-    assert result.ok
     # The run proves something only if the disruptions really happened.
     assert result.injected["worker kill -9"] == 2, report
     assert result.injected[f"{broker} restart"] == 1, report
     assert result.injected["ledger database pause"] == 1, report
+    assert result.injected["ledger connection kill (pg_terminate_backend)"] == 1, report
+    assert result.injected["ledger connection kill: worker backends terminated"] >= 1, report
+    assert result.injected["emulator phase: ACS outage"] == 1, report
+    assert result.replayed >= 1, report  # the outage's dead jobs, replayed while events still arrive
     emulator_faults = [kind for kind in result.injected if kind.startswith("emulator ") and "phase" not in kind]
-    assert len(emulator_faults) >= 6, report
-    assert sum(result.states.values()) == 300
+    assert len(emulator_faults) >= 8, report
+    assert any("after_5xx" in kind for kind in emulator_faults), report
     assert result.states[State.TRANSFERRED] > 200, report
     assert result.states[State.FAILED] >= 1, report  # the calls the emulator says no longer exist (404)
     assert result.states[State.TRANSFER_FAILED] >= 1, report
+    # The strict audit.
+    assert result.lost == [], report
+    assert result.doubled == [], report
+    assert result.wrong == [], report
+    assert result.unexplained == [], report
+    assert result.ok
+
+
+def facts(job_id: str, state: str, request_id: str, **more: Any) -> JobFacts:
+    return JobFacts(job_id, "call-x", request_id, state, more.pop("attempts", 2), "why", **more)
+
+
+@pytest.mark.parametrize(
+    ("group", "truth", "expected"),
+    [
+        # 503 after the effect, then the re-execution meets the moved call: 404 -> failed. Wrong.
+        (
+            [facts("j1", State.FAILED, "r1", last_status=404, definite=True)],
+            CallTruth(effects={"r1": 1}, delivered={"r1": {ACCEPTED_EVENT}}),
+            {"wrong": "failed although the call was transferred"},
+        ),
+        (
+            [facts("j1", State.DEAD, "r1")],
+            CallTruth(effects={"r1": 1}, never_posted={"r1"}),
+            {"wrong": "dead although the call was transferred"},
+        ),
+        # A replay of a dead job whose call had moved: the pair took effect twice.
+        (
+            [facts("j1", State.DEAD, "r1"), facts("j2", State.TRANSFERRED, "r2", replay_of="j1")],
+            CallTruth(effects={"r1": 1, "r2": 1}),
+            {"doubled": "took effect 2x", "wrong": "dead although the call was transferred"},
+        ),
+        # A replay of a dead job that never took effect: one effect across the pair is right.
+        (
+            [facts("j1", State.DEAD, "r1"), facts("j2", State.TRANSFERRED, "r2", replay_of="j1")],
+            CallTruth(effects={"r2": 1}),
+            {"dead_unanswered": "dead, no attempt answered"},
+        ),
+        (
+            [facts("j1", State.DEAD, "r1", last_status=404, definite=True)],
+            CallTruth(),
+            {"wrong": "dead after a definite answer"},
+        ),
+        (
+            [facts("j1", State.ACCEPTED, "r1")],
+            CallTruth(effects={"r1": 1}, never_posted={"r1"}),
+            {"accepted_event_never_posted": "accepted; its outcome event was never posted"},
+        ),
+        (
+            [facts("j1", State.ACCEPTED, "r1")],
+            CallTruth(effects={"r1": 1}, delivered={"r1": {ACCEPTED_EVENT}}),
+            {"lost": "accepted although its CallTransferAccepted was delivered"},
+        ),
+        ([facts("j1", State.RETRY_WAIT, "r1")], CallTruth(), {"lost": "still retry_wait"}),
+        ([facts("j1", State.TRANSFERRED, "r1")], CallTruth(), {"wrong": "transferred but the call never moved"}),
+        ([facts("j1", State.TRANSFERRED, "r1")], CallTruth(effects={"r1": 1}), {}),
+        ([facts("j1", State.TRANSFER_FAILED, "r1", result_code=487)], CallTruth(failed={"r1"}), {}),
+        ([facts("j1", State.FAILED, "r1", last_status=404, definite=True)], CallTruth(), {}),
+    ],
+)
+def test_the_audit_judges_each_job_against_what_acs_did(
+    group: list[JobFacts], truth: CallTruth, expected: dict[str, str]
+) -> None:
+    verdict = judge_call("call-x", group, truth)
+    found = {name: getattr(verdict, name) for name in Verdict.__dataclass_fields__ if getattr(verdict, name)}
+    assert set(found) == set(expected), found
+    for name, reason in expected.items():
+        assert len(found[name]) == 1, found[name]
+        assert found[name][0].reason.startswith(reason), found[name][0].reason
 
 
 @pytest.fixture

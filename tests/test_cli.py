@@ -62,6 +62,34 @@ def test_enqueue_prints_the_job_id_and_status_shows_it(env: dict[str, str]) -> N
     assert document["request_id"] in text.stdout
     messages = list((Path(env["ACS_TRANSFER_HOME"]) / "broker" / "queue").glob("*.msg"))
     assert len(messages) == 1  # the second enqueue published nothing
+    assert document["lane"] == "live"
+
+
+def test_enqueue_takes_a_lane(env: dict[str, str]) -> None:
+    arguments = ["enqueue", "--call-connection-id", "call-bulk", "--target", "4:+14255550123", "--lane", "bulk"]
+    done = CliRunner().invoke(main, arguments, env=env)
+    assert done.exit_code == 0, done.output
+    shown = CliRunner().invoke(main, ["status", done.stdout.strip(), "--json"], env=env)
+    assert json.loads(shown.stdout)["lane"] == "bulk"
+    wrong = CliRunner().invoke(main, [*arguments[:-1], "fast"], env=env)
+    assert wrong.exit_code == 2
+    assert "'fast' is not one of 'live', 'bulk'" in wrong.output
+
+
+def test_enqueue_refuses_a_key_that_already_names_another_call(env: dict[str, str]) -> None:
+    runner = CliRunner()
+    arguments = ["enqueue", "--target", "4:+14255550123", "--idempotency-key", "cli-2"]
+    first = runner.invoke(main, [*arguments, "--call-connection-id", "call-A"], env=env)
+    assert first.exit_code == 0, first.output
+    second = runner.invoke(main, [*arguments, "--call-connection-id", "call-B"], env=env)
+    assert second.exit_code != 0
+    assert second.stdout == ""  # no job id: nothing was enqueued
+    (line,) = second.stderr.strip().splitlines()  # one clear line, no traceback
+    assert "'cli-2' already names job" in line
+    assert first.stdout.strip() in line
+    ledger = SyncLedger(env["LEDGER_URL"])
+    assert ledger.run(op_count_by_state, None) == {State.QUEUED: 1}
+    ledger.close()
 
 
 def test_enqueue_rejects_bad_input_naming_each_field_and_writes_nothing(env: dict[str, str]) -> None:

@@ -101,11 +101,13 @@ def test_config_prints_every_variable_with_its_source_and_no_secret(tmp_path: Pa
     for leak in LEAKS:
         assert leak not in result.stdout + result.stderr, f"{leak} was printed"
     sources, values = {}, {}
-    for line in result.stdout.splitlines():
+    *lines, authentication = result.stdout.splitlines()
+    assert authentication == "# ACS authentication: access key (ACS_CONNECTION_STRING)"
+    for line in lines:
         match = re.fullmatch(r"([A-Z0-9_]+)=(.*?)\s+# (env|default)", line)
         assert match, f"not VARIABLE=value  # source: {line}"
         values[match.group(1)], sources[match.group(1)] = match.group(2), match.group(3)
-    assert len(result.stdout.splitlines()) == len(VARIABLES)
+    assert len(lines) == len(VARIABLES)
     assert set(sources) == set(VARIABLES), "one line per variable"
     assert sources["TRANSFER_QUEUE"] == "env"
     assert values["TRANSFER_QUEUE"] == "queue-from-env"
@@ -117,6 +119,24 @@ def test_config_prints_every_variable_with_its_source_and_no_secret(tmp_path: Pa
     assert values["CELERY_BROKER_URL"] == "amqp://acs:***@rabbit.example:5672//"
     assert values["LEDGER_URL"] == "postgresql://acs:***@db.example/acs?password=***&sslmode=require"
     assert values["RATE_LIMIT_REDIS_URL"] == "redis://:***@redis.example:6379/0"
+
+
+def test_config_says_when_microsoft_entra_id_is_in_use(tmp_path: Path) -> None:
+    endpoint = "https://acs.example.communication.azure.com"
+    result = _run_config({"ACS_ENDPOINT": f"{endpoint}/", "ACS_TRANSFER_HOME": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert re.search(rf"^ACS_ENDPOINT={re.escape(endpoint)}\s+# env$", result.stdout, re.MULTILINE), result.stdout
+    assert result.stdout.splitlines()[-1].startswith("# ACS authentication: Microsoft Entra ID (ACS_ENDPOINT")
+
+
+def test_config_refuses_both_an_access_key_and_an_entra_id_endpoint() -> None:
+    both = {"ACS_ENDPOINT": "https://acs.example", "ACS_CONNECTION_STRING": SECRETS["ACS_CONNECTION_STRING"]}
+    result = _run_config(both)
+    assert result.returncode == 1
+    assert "ACS_CONNECTION_STRING" in result.stderr
+    assert "ACS_ENDPOINT" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "never-print-this" not in result.stderr
 
 
 def test_config_rejects_a_bad_value_by_name() -> None:

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import aiohttp.web
+import jwt
 import pytest
 from azure.communication.callautomation import CallAutomationClient, MicrosoftTeamsUserIdentifier, PhoneNumberIdentifier
 from azure.core.credentials import AzureKeyCredential
@@ -34,7 +36,8 @@ from worker.emulator import (
     start_emulator,
 )
 from worker.emulator.answers import Answer
-from worker.emulator.faults import FaultDispenser
+from worker.emulator.callbacks import CallbackSender, CallbackSigner, EventFate
+from worker.emulator.faults import CallbackPlan, FaultDispenser
 from worker.emulator.repeatability import (
     Execute,
     InProgress,
@@ -51,6 +54,7 @@ KEY = b"emulator-test-key: not a secret, only for these tests"
 B64_KEY = base64.b64encode(KEY).decode()
 API = "2024-09-15"
 RETRY_HEADERS = ("Retry-After", "retry-after-ms", "x-ms-retry-after-ms")
+SIGNER = CallbackSigner("https://issuer.example", "resource")
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -669,6 +673,223 @@ async def test_drop_closes_the_connection(
     assert emu.state.effects.total_effects == 1
 
 
+async def test_a_5xx_after_the_effect_is_executed_again_and_meets_a_call_that_moved(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    """The contract's last row: a first answer of 5xx is executed again. ACS took the transfer and then failed
+    with 503 itself, so the retry finds the call gone: 404 "call not found", stored and replayed."""
+    set_plan(emu, script=[{"kind": "status", "status": 503, "stage": "after_5xx"}])
+    headers = repeat()
+    first = await post(session, emu, headers=headers)
+    assert (first.status, first.result) == (503, "accepted")  # ACS itself answered
+    assert emu.state.effects.total_effects == 1
+
+    second = await post(session, emu, headers=headers)
+    assert (second.status, second.result) == (404, "accepted")
+    assert second.body["error"]["code"] == "NotFound"
+    assert "Call not found" in second.message
+    third = await post(session, emu, headers=headers)
+    assert (third.status, third.body) == (404, second.body)
+    assert emu.state.effects.total_effects == 1
+    record = emu.state.repeatability.get(headers["Repeatability-Request-ID"])
+    assert record is not None
+    assert (record.executions, record.moved) == (2, True)
+    (transfer,) = (await control(session, emu, "GET", "transfers?bodies=false")).body["transfers"]
+    assert (transfer["effects"], "body" in transfer) == (1, False)
+    log = (await control(session, emu, "GET", "requests")).body
+    assert [entry["status"] for entry in log["requests"]] == [503, 404, 404]
+    assert log["faultsApplied"] == {"503 after_5xx": 1}
+
+
+@pytest.mark.parametrize("kind", ["timeout", "drop"])
+async def test_no_answer_after_the_effect_hides_a_5xx_so_the_retry_meets_a_moved_call(
+    emu: Emulator, session: aiohttp.ClientSession, kind: str
+) -> None:
+    fault: dict[str, Any] = {"kind": kind, "stage": "after_5xx"}
+    if kind == "timeout":
+        fault["seconds"] = 0.2
+    set_plan(emu, script=[fault])
+    headers = repeat()
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        await post(session, emu, headers=headers)
+    assert emu.state.effects.total_effects == 1
+    retry = await post(session, emu, headers=headers)
+    assert (retry.status, retry.body["error"]["code"]) == (404, "NotFound")
+    assert emu.state.effects.total_effects == 1
+
+
+async def test_the_default_after_stage_still_replays_the_stored_202(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    """``after`` is the front door losing ACS's 202 (which ACS recorded): unchanged by ``after_5xx``."""
+    set_plan(emu, script=[{"kind": "status", "status": 503, "stage": "after"}])
+    headers = repeat()
+    assert (await post(session, emu, headers=headers)).status == 503
+    assert (await post(session, emu, headers=headers)).status == 202
+    assert emu.state.effects.total_effects == 1
+
+
+async def test_another_request_id_on_a_moved_call_is_still_counted_as_a_second_effect(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    """The 404 is for an id executed again; a new id (a replay) that transfers the call again is the double
+    the audits must see, so the emulator records it as one."""
+    set_plan(emu, script=[{"kind": "status", "status": 500, "stage": "after_5xx"}])
+    await post(session, emu, headers=repeat())
+    assert (await post(session, emu, headers=repeat())).status == 202
+    assert emu.state.effects.calls_with_more_than_one_effect() == ["call-1"]
+
+
+@dataclass
+class Received:
+    at: float
+    authorization: str
+    events: list[dict[str, Any]]
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[tuple[str, list[Received]]]:
+    """An HTTP server on 127.0.0.1 that records every outcome-event POST."""
+    got: list[Received] = []
+
+    async def handle(request: aiohttp.web.Request) -> aiohttp.web.Response:
+        got.append(Received(time.time(), request.headers.get("Authorization", ""), await request.json()))
+        return aiohttp.web.json_response({})
+
+    app = aiohttp.web.Application()
+    app.router.add_post("/events", handle)
+    runner = aiohttp.web.AppRunner(app)
+    await runner.setup()
+    site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    yield f"http://127.0.0.1:{port}/events", got
+    await runner.cleanup()
+
+
+def with_callback(url: str, call: str = "call-1") -> bytes:
+    return body_bytes(call, operationCallbackUri=url)
+
+
+async def wait_for_events(got: list[Received], count: int, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len(got) < count:
+        assert time.monotonic() < deadline, f"expected {count} event deliveries, got {len(got)}"
+        await asyncio.sleep(0.02)
+
+
+async def test_an_outcome_event_is_signed_and_verifiable_with_the_published_keys(
+    emu: Emulator, session: aiohttp.ClientSession, receiver: tuple[str, list[Received]]
+) -> None:
+    url, got = receiver
+    assert (await post(session, emu, with_callback(url), headers=repeat())).status == 202
+    await wait_for_events(got, 1)
+    (event,) = got[0].events
+    assert event["type"] == "Microsoft.Communication.CallTransferAccepted"
+    assert event["data"]["callConnectionId"] == "call-1"
+    jwks = (await control(session, emu, "GET", "../calling/keys")).body
+    key = jwt.PyJWK(jwks["keys"][0]).key
+    token = got[0].authorization.removeprefix("Bearer ")
+    claims = jwt.decode(token, key, algorithms=["RS256"], audience=emu.state.config.resource_id)
+    assert claims["iss"] == emu.state.config.callback_issuer
+
+
+async def test_a_failed_transfer_posts_call_transfer_failed_and_does_not_move_the_call(
+    emu: Emulator, session: aiohttp.ClientSession, receiver: tuple[str, list[Received]]
+) -> None:
+    url, got = receiver
+    set_plan(emu, callbacks={"fail_calls": ["call-1"]})
+    headers = repeat()
+    assert (await post(session, emu, with_callback(url), headers=headers)).status == 202
+    await wait_for_events(got, 1)
+    assert got[0].events[0]["type"] == "Microsoft.Communication.CallTransferFailed"
+    assert emu.state.effects.total_effects == 0
+    assert emu.state.effects.failed_for("call-1", headers["Repeatability-Request-ID"]) == 1
+    ledger = (await control(session, emu, "GET", "transfers")).body
+    assert ledger["failedTransfers"] == [
+        {"callConnectionId": "call-1", "requestId": headers["Repeatability-Request-ID"], "executions": 1}
+    ]
+
+
+async def test_an_early_event_is_delivered_before_the_202(
+    emu: Emulator, session: aiohttp.ClientSession, receiver: tuple[str, list[Received]]
+) -> None:
+    url, got = receiver
+    set_plan(emu, callbacks={"early_rate": 1.0, "delay_ms": 5000})
+    reply = await post(session, emu, with_callback(url), headers=repeat())
+    assert reply.status == 202
+    assert len(got) == 1  # already there when the 202 came back
+
+
+async def test_late_duplicated_and_dropped_events(
+    emu: Emulator, session: aiohttp.ClientSession, receiver: tuple[str, list[Received]]
+) -> None:
+    url, got = receiver
+    set_plan(emu, callbacks={"late_rate": 1.0, "late_ms": 400, "duplicate_rate": 1.0})
+    sent = time.time()
+    await post(session, emu, with_callback(url), headers=repeat())
+    assert emu.state.callbacks.pending == 1
+    await wait_for_events(got, 2)
+    assert got[0].at - sent >= 0.2  # late: from half to all of late_ms
+    assert got[0].events[0]["id"] == got[1].events[0]["id"]  # the same event, twice
+    assert emu.state.callbacks.pending == 0
+
+    set_plan(emu, callbacks={"drop_rate": 1.0})
+    headers = repeat()
+    await post(session, emu, with_callback(url, "call-2"), call="call-2", headers=headers)
+    await asyncio.sleep(0.2)
+    assert len(got) == 2
+    listed = (await control(session, emu, "GET", "callbacks?call=call-2")).body
+    assert listed["deliveries"] == []
+    assert listed["dropped"] == [
+        {
+            "callConnectionId": "call-2",
+            "requestId": headers["Repeatability-Request-ID"],
+            "type": "Microsoft.Communication.CallTransferAccepted",
+        }
+    ]
+    assert listed["pending"] == 0
+    summary = (await control(session, emu, "GET", "callbacks?deliveries=false")).body
+    assert (summary["deliveries"], len(summary["dropped"]), summary["pending"]) == ([], 1, 0)
+
+
+def test_event_fates_follow_the_seed_per_transfer_whatever_the_order() -> None:
+    plan = CallbackPlan(fail_rate=0.3, drop_rate=0.3, early_rate=0.3, late_rate=0.3, late_ms=1000, duplicate_rate=0.3)
+    transfers = [(f"call-{n}", str(uuid.uuid4())) for n in range(40)]
+
+    def fates(order: list[tuple[str, str]], seed: int) -> dict[tuple[str, str], EventFate]:
+        sender = CallbackSender(SIGNER)
+        sender.reseed(seed)
+        return {(call, rid): sender.decide(plan, call, rid, 1) for call, rid in order}
+
+    forward = fates(transfers, 7)
+    assert fates(list(reversed(transfers)), 7) == forward
+    assert fates(transfers, 8) != forward
+    assert {fate.failed for fate in forward.values()} == {True, False}
+    assert {fate.dropped for fate in forward.values()} == {True, False}
+    # Executed again (after a 5xx), a transfer that failed fails again; how its event travels is drawn anew.
+    sender = CallbackSender(SIGNER)
+    sender.reseed(7)
+    again = {(call, rid): sender.decide(plan, call, rid, 2) for call, rid in transfers}
+    assert all(again[key].failed == forward[key].failed for key in transfers)
+    assert any(again[key] != forward[key] for key in transfers)
+
+
+async def test_drop_answered_only_keeps_the_event_of_a_transfer_whose_answer_was_lost(
+    emu: Emulator, session: aiohttp.ClientSession, receiver: tuple[str, list[Received]]
+) -> None:
+    """So a harness never meets a transfer nobody can know about: no answer and no event."""
+    url, got = receiver
+    callbacks = {"drop_rate": 1.0, "drop_answered_only": True}
+    set_plan(emu, callbacks=callbacks, script=[{"kind": "status", "status": 503, "stage": "after_5xx"}])
+    assert (await post(session, emu, with_callback(url), headers=repeat())).status == 503
+    await wait_for_events(got, 1)
+    assert (await post(session, emu, with_callback(url, "call-2"), call="call-2", headers=repeat())).status == 202
+    await asyncio.sleep(0.2)
+    assert len(got) == 1
+    assert [event["callConnectionId"] for event in emu.state.callbacks.dropped] == ["call-2"]
+
+
 async def test_answer_fault_on_a_request_that_is_not_executed_is_not_applied(
     emu: Emulator, session: aiohttp.ClientSession
 ) -> None:
@@ -794,6 +1015,9 @@ async def test_put_faults_returns_and_stores_the_canonical_plan(emu: Emulator, s
         ({"random": {"rate": 0.5, "faults": []}}, "random.faults"),
         ({"random": {"rate": 0.5, "faults": [{"kind": "x"}]}}, "random.faults[0].kind"),
         ({"random": {"rate": 0.5, "faults": [], "extra": 1}}, "random.extra"),
+        ({"script": [{"kind": "status", "status": 429, "stage": "after_5xx"}]}, "script[0].status"),
+        ({"callbacks": {"late_ms": -1}}, "callbacks.late_ms"),
+        ({"callbacks": {"early_rate": 1.5}}, "callbacks.early_rate"),
     ],
 )
 async def test_put_faults_rejects_invalid_plans_naming_the_field(
@@ -827,7 +1051,7 @@ async def test_reset_clears_everything(emu: Emulator, session: aiohttp.ClientSes
     assert (await control(session, emu, "POST", "reset")).status == 200
 
     assert (await control(session, emu, "GET", "transfers")).body["totalEffects"] == 0
-    assert (await control(session, emu, "GET", "requests")).body == {"requests": [], "total": 0}
+    assert (await control(session, emu, "GET", "requests")).body == {"requests": [], "total": 0, "faultsApplied": {}}
     assert (await control(session, emu, "GET", "faults")).body == FaultPlan().to_json()
     # The record is gone too: the same id executes again.
     assert (await post(session, emu, headers=headers)).status == 202

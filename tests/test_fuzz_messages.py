@@ -30,6 +30,8 @@ from worker.broker import TASK_NAME, transfer_queue
 from worker.config import Settings
 from worker.ledger import Ledger, State, SyncLedger, op_dead_messages
 from worker.messages import handle_message
+from worker.models import job_id_for_key, parse_transfer
+from worker.producer import prepare_job
 from worker.transfer import Context
 
 FUZZ = settings(
@@ -297,3 +299,32 @@ async def test_a_task_message_with_a_malformed_body_does_not_kill_the_worker(
     assert all("invalid task message" in reasons()[f"bad-body-{index}"] for index in range(len(bodies)))
     assert "unknown task" in reasons()["builtin"]
     assert "Unrecoverable error" not in stack.logs()
+
+
+def test_a_raw_message_with_a_key_is_the_job_every_producer_makes_for_that_key(harness: _Harness) -> None:
+    """Its job id comes from the key, not the task id: a job a producer made for the key is this job, and a key
+    that already names a transfer on another call makes a dead message with the reason."""
+    request = {"callConnectionId": "call-A", "targetParticipant": "4:+15551234567"}
+    made = prepare_job(parse_transfer(request), idempotency_key="raw-1")
+    harness.sync.create_jobs([made])
+    run = harness.loop.run_until_complete
+    job = run(handle_message(harness.context, str(uuid.uuid4()), (), {"request": request, "idempotency_key": "raw-1"}))
+    assert job is not None
+    assert job.id == made.id == job_id_for_key("raw-1")
+    # A redelivery, or the same key from another producer: the same job, sent once.
+    run(handle_message(harness.context, str(uuid.uuid4()), (), {"request": request, "idempotency_key": "raw-1"}))
+    assert harness.sender.sent == 1
+    fresh = run(handle_message(harness.context, "task-9", (), {"request": request, "idempotency_key": "raw-2"}))
+    assert fresh is not None
+    assert fresh.id == job_id_for_key("raw-2")
+    before = harness.dead_count()
+    other_call = {**request, "callConnectionId": "call-B"}
+    task_id = str(uuid.uuid4())
+    assert (
+        run(handle_message(harness.context, task_id, (), {"request": other_call, "idempotency_key": "raw-1"})) is None
+    )
+    assert harness.dead_count() == before + 1
+    dead = harness.last_dead()
+    assert dead["message_id"] == task_id
+    assert "'raw-1' already names job" in dead["reason"]
+    assert harness.sync.get(made.id).call_connection_id == "call-A"

@@ -10,6 +10,7 @@ import pytest
 from openapi_spec_validator import validate
 from stack import Stack
 
+from worker.errors import IdempotencyConflict
 from worker.ledger import State, op_count_by_state
 
 TOKENS = ("intake-token-alpha-1", "intake-token-beta-2")
@@ -87,6 +88,30 @@ async def test_idempotency_key_replays_the_same_job(intake: Stack) -> None:
     assert intake.producer.ledger.run(op_count_by_state, None) == {State.QUEUED: 1}
 
 
+async def test_a_key_that_comes_back_for_another_call_is_refused_at_every_way_in(intake: Stack) -> None:
+    key = {"Idempotency-Key": "crm-ticket-10"}
+    status, first, _ = await call(intake, "POST", "/v1/transfers", {**GOOD, "callConnectionId": "call-A"}, **key)
+    assert status == 202
+    status, body, _ = await call(intake, "POST", "/v1/transfers", {**GOOD, "callConnectionId": "call-B"}, **key)
+    assert (status, body["error"]["code"]) == (409, "IdempotencyConflict")
+    assert "crm-ticket-10" in body["error"]["message"]
+    with pytest.raises(IdempotencyConflict, match="crm-ticket-10"):
+        intake.producer.enqueue({**GOOD, "callConnectionId": "call-B"}, idempotency_key="crm-ticket-10")
+    items = [
+        {**GOOD, "callConnectionId": "call-B", "idempotencyKey": "crm-ticket-10"},  # an earlier job's key
+        {**GOOD, "callConnectionId": "call-C", "idempotencyKey": "crm-ticket-11"},
+        {**GOOD, "callConnectionId": "call-D", "idempotencyKey": "crm-ticket-11"},  # this batch's own key
+    ]
+    status, batch, _ = await call(intake, "POST", "/v1/transfers:batch", {"transfers": items})
+    assert status == 200
+    assert [result["status"] for result in batch["results"]] == ["rejected", "created", "rejected"]
+    for result, key_name in ((batch["results"][0], "crm-ticket-10"), (batch["results"][2], "crm-ticket-11")):
+        assert result["errors"][0]["field"] == "idempotencyKey"
+        assert key_name in result["errors"][0]["rule"]
+    assert intake.producer.ledger.run(op_count_by_state, None) == {State.QUEUED: 2}
+    assert intake.job(first["job_id"]).call_connection_id == "call-A"
+
+
 async def test_batch_accepts_each_valid_item_and_reports_the_rest(intake: Stack) -> None:
     items = [
         {**GOOD, "callConnectionId": "call-b-0", "idempotencyKey": "b-0"},
@@ -145,3 +170,24 @@ async def test_openapi_document_is_valid_and_public(intake: Stack) -> None:
         "/v1/transfers/{job_id}",
         "/v1/campaigns/{name}",
     }
+
+
+async def test_each_job_gets_its_lane(intake: Stack) -> None:
+    """A single transfer is live work; a batch naming a campaign is bulk; either may name its lane."""
+    _, single, _ = await call(intake, "POST", "/v1/transfers", {**GOOD, "callConnectionId": "call-lane-1"})
+    _, named, _ = await call(
+        intake, "POST", "/v1/transfers", {**GOOD, "callConnectionId": "call-lane-2", "lane": "bulk"}
+    )
+    assert (single["lane"], named["lane"]) == ("live", "bulk")
+    items = [{**GOOD, "callConnectionId": "call-lane-3"}]
+    _, campaign, _ = await call(intake, "POST", "/v1/transfers:batch", {"transfers": items, "campaign": "autumn"})
+    _, plain, _ = await call(
+        intake, "POST", "/v1/transfers:batch", {"transfers": [{**GOOD, "callConnectionId": "call-lane-4"}]}
+    )
+    lanes = [intake.job(body["results"][0]["job_id"]).lane for body in (campaign, plain)]
+    assert lanes == ["bulk", "live"]
+    status, refused, _ = await call(intake, "POST", "/v1/transfers", {**GOOD, "lane": "fast"})
+    assert status == 422
+    assert refused["error"]["details"][0]["field"] == "lane"
+    status, _, _ = await call(intake, "POST", "/v1/transfers:batch", {"transfers": items, "lane": "fast"})
+    assert status == 422

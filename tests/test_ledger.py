@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import sqlite3
 import uuid
 
@@ -57,6 +58,31 @@ def test_same_key_with_a_different_request_is_a_conflict(ledger_url: str) -> Non
     with pytest.raises(IdempotencyConflict, match="crm-2"):
         ledger.create_jobs([_job(key="crm-2", target="4:+15559990000")])
     assert ledger.run(op_count_by_state, None) == {State.QUEUED: 1}
+    ledger.close()
+
+
+def test_same_key_for_another_call_is_a_conflict(ledger_url: str) -> None:
+    # The call is not in the body (it is in the URL): the key must still name one transfer, not one body.
+    ledger = SyncLedger(ledger_url)
+    ((first, _),) = ledger.create_jobs([_job("call-A", key="k1")])
+    with pytest.raises(IdempotencyConflict, match=r"'k1' already names job .* for another call"):
+        ledger.create_jobs([_job("call-B", key="k1")])
+    with pytest.raises(IdempotencyConflict, match="k2"):
+        ledger.create_jobs([_job("call-A", key="k2"), _job("call-B", key="k2")])  # both in one batch
+    assert ledger.run(op_count_by_state, None) == {State.QUEUED: 1}
+    assert ledger.get(first.id).call_connection_id == "call-A"
+    ledger.close()
+
+
+def test_a_row_written_before_the_call_was_compared_is_still_matched(ledger_url: str) -> None:
+    # body_hash has always covered the body alone; the call is compared from its own column, so a ledger
+    # written by an earlier release needs no migration and its jobs still match their own key.
+    ledger = SyncLedger(ledger_url)
+    new = _job("call-A", key="old-1")
+    ((job, _),) = ledger.create_jobs([new])
+    assert job.body_hash == hashlib.sha256(new.body).hexdigest()
+    ((again, created),) = ledger.create_jobs([_job("call-A", key="old-1")])
+    assert (again.id, created) == (job.id, False)
     ledger.close()
 
 
@@ -159,11 +185,13 @@ async def test_sweep_finds_orphans_and_lost_messages_once(ledger_url: str) -> No
         connection.execute(jobs.update().where(jobs.c.id == job_id).values(published_at=at))
 
     await ledger.run(touch, fresh.id, later - 1)
-    only_held = await ledger.run(op_due_for_publish, later, later - 30, False, 100)
-    assert [job_id for job_id, _ in only_held] == [held.id]
-    with_queued = await ledger.run(op_due_for_publish, later, later - 30, True, 100)
-    assert [job_id for job_id, _ in with_queued] == [queued.id]  # "held" was just re-published
-    assert await ledger.run(op_due_for_publish, later + 1, later - 30, True, 100) == []
+    busy = {"live": later - 300, "bulk": later - 300}  # queues busy: a queued job only after 300 s
+    only_held = await ledger.run(op_due_for_publish, later, later - 30, busy, 100)
+    assert [job_id for job_id, _, _ in only_held] == [held.id]
+    empty = {"live": later - 30, "bulk": later - 30}
+    with_queued = await ledger.run(op_due_for_publish, later, later - 30, empty, 100)
+    assert with_queued == [(queued.id, State.QUEUED, "live")]  # "held" was just re-published
+    assert await ledger.run(op_due_for_publish, later + 1, later - 30, empty, 100) == []
     job = await ledger.run(op_get, queued.id)
     assert job is not None
     assert job.published_at == later

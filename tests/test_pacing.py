@@ -1,8 +1,10 @@
-"""Pacing in the send logic (in-process, real emulator and ledger) and across real worker processes.
+"""The global rate limit in the send logic (in-process, real emulator and ledger) and across real worker
+processes. (A campaign's pace is kept before its jobs are published: tests/test_lanes.py.)
 
 What must hold: every HTTP attempt takes a token first; a first attempt's wait happens before First-Sent is
-fixed; a retry that cannot get a token inside the repeatability window is not sent; a 429 holds the global
-bucket back; and two workers sharing a Redis bucket stay within its rate together.
+fixed; a retry goes before first attempts, and one that cannot get a token inside the repeatability window is
+not sent; a 429 holds the global bucket back; and two workers sharing a Redis bucket stay within its rate
+together.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import pytest
 from stack import KEY, Stack
 
 from worker.acs import AcsClient
-from worker.campaign import op_save_campaign
 from worker.config import Settings
 from worker.emulator import Emulator
 from worker.ledger import Job, Ledger, State, SyncLedger
@@ -60,21 +61,6 @@ async def open_context(settings: Settings) -> AsyncIterator[Callable[[Pacer, Set
     await ledger.close()
 
 
-def rates(settings: Settings, table: dict[str, float]) -> Callable[[str], Any]:
-    """Campaign rates as `submit --rate` stores them (the worker's claim reads them too), and their lookup."""
-    ledger = SyncLedger(settings.ledger_url)
-    try:
-        for name, rate in table.items():
-            ledger.run(op_save_campaign, name, rate, None, time.time())
-    finally:
-        ledger.close()
-
-    async def lookup(name: str) -> float | None:
-        return table.get(name)
-
-    return lookup
-
-
 def create_job(settings: Settings, call: str, campaign: str | None = None) -> Job:
     request = parse_transfer({"callConnectionId": call, "targetParticipant": "4:+15551234567"})
     ledger = SyncLedger(settings.ledger_url)
@@ -97,8 +83,8 @@ def requests_for(emulator: Emulator, call: str) -> list[Any]:
 async def test_a_first_attempt_waits_for_its_token_before_first_sent_is_fixed(
     emulator: Emulator, settings: Settings, open_context: Callable[[Pacer], Context]
 ) -> None:
-    context = open_context(Pacer(LocalBuckets(), None, rates(settings, {"slow": 1.0})))
-    jobs = [create_job(settings, f"call-paced-{index}", campaign="slow") for index in range(3)]
+    context = open_context(Pacer(LocalBuckets(), Limit("global", rate=1.0)))
+    jobs = [create_job(settings, f"call-paced-{index}") for index in range(3)]
     done = await asyncio.gather(*(send_job(job.id, context) for job in jobs))
     assert [job.state if job else None for job in done] == [State.ACCEPTED] * 3
     assert [job.attempts if job else None for job in done] == [1, 1, 1]
@@ -118,9 +104,9 @@ async def test_a_retry_that_gets_no_token_inside_the_window_is_not_sent(
     emulator: Emulator, settings: Settings, open_context: Callable[[Pacer, Settings], Context]
 ) -> None:
     narrow = replace(settings, repeatability_window=6.0, window_safety_margin=2.0)  # attempts start within 4 s
-    context = open_context(Pacer(LocalBuckets(), None, rates(settings, {"c": 0.2})), narrow)  # a token every 5 s
+    context = open_context(Pacer(LocalBuckets(), Limit("global", rate=0.2)), narrow)  # a token every 5 s
     await set_faults(emulator, {"by_call": {"call-late": [{"kind": "status", "status": 503, "stage": "before"}]}})
-    job = create_job(settings, "call-late", campaign="c")
+    job = create_job(settings, "call-late")
     started = time.monotonic()
     done = await send_job(job.id, context)
     assert done is not None
@@ -130,10 +116,32 @@ async def test_a_retry_that_gets_no_token_inside_the_window_is_not_sent(
     assert time.monotonic() - started < 2.0  # settled at once, without sleeping towards a token it cannot use
 
 
+async def test_a_retry_does_not_wait_behind_first_attempts_for_a_token(
+    emulator: Emulator, settings: Settings, open_context: Callable[[Pacer], Context]
+) -> None:
+    """Pacing must not cost a retry its window: with 20 first attempts waiting for global tokens (5 s of them at
+    4/s), a job answered 503 is retried within about a second, not after all of them."""
+    context = open_context(Pacer(LocalBuckets(), Limit("global", rate=4.0)))
+    await set_faults(emulator, {"by_call": {"call-retry": [{"kind": "status", "status": 503, "stage": "before"}]}})
+    retried = asyncio.ensure_future(send_job(create_job(settings, "call-retry").id, context))
+    await asyncio.sleep(0)  # its first attempt takes the first token
+    others = [create_job(settings, f"call-first-{index}") for index in range(20)]
+    rest = asyncio.gather(*(send_job(job.id, context) for job in others))
+    done = await retried
+    assert done is not None
+    assert done.state == State.ACCEPTED
+    failed, again = requests_for(emulator, "call-retry")
+    assert failed.status == 503
+    assert again.at - failed.answered_at < 2.0
+    firsts_before = [e for e in emulator.state.requests if e.call_connection_id != "call-retry" and e.at < again.at]
+    assert len(firsts_before) <= 8
+    assert [job.state if job else None for job in await rest] == [State.ACCEPTED] * 20
+
+
 async def test_a_429_holds_the_global_bucket_back(
     emulator: Emulator, settings: Settings, open_context: Callable[[Pacer], Context]
 ) -> None:
-    context = open_context(Pacer(LocalBuckets(), Limit("global", rate=50, burst=5), rates(settings, {})))
+    context = open_context(Pacer(LocalBuckets(), Limit("global", rate=50, burst=5)))
     fault = {"kind": "status", "status": 429, "stage": "before", "retry_after": 1.0}
     await set_faults(emulator, {"by_call": {"call-throttled": [fault]}})
     first = asyncio.ensure_future(send_job(create_job(settings, "call-throttled").id, context))

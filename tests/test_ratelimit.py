@@ -1,5 +1,5 @@
 """Token buckets: the in-process one on a fake clock, the Redis one on a real Redis (whose clock it uses),
-and the pacer that combines a campaign's rate with the global limit."""
+and the pacer that takes the global limit for every attempt, retries first."""
 
 from __future__ import annotations
 
@@ -147,57 +147,40 @@ class Recorder:
         return self.keep_going
 
 
-async def test_pacer_takes_the_campaign_token_before_the_global_one() -> None:
-    """A slow campaign must not hold global tokens while it waits, or it would stall every other job."""
+async def test_a_retry_waits_behind_at_most_a_second_of_first_attempts() -> None:
+    """Pacing must not cost a retry its repeatability window: first attempts may reserve global tokens only a
+    second ahead, a retry reserves the next free one, so a retry never waits behind a backlog of first attempts."""
     clock = FakeClock()
-    lookups: list[str] = []
-
-    async def rate(name: str) -> float | None:
-        lookups.append(name)
-        return {"slow": 1.0}.get(name)
-
-    pacer = Pacer(LocalBuckets(clock), Limit("global", rate=10), rate, cache_ttl=5.0, clock=clock)
-    recorder = Recorder(clock)
-    assert await pacer.acquire("slow", None, recorder) is Turn.GRANTED
-    assert await pacer.acquire("slow", None, recorder) is Turn.GRANTED  # waits 1 s for the campaign
-    assert recorder.waits == pytest.approx([1.0])
-    # The global token was taken when the campaign's was due (t=1), not reserved ahead while waiting for
-    # it: a job of no campaign now waits only the global spacing.
-    assert await pacer.acquire(None, None, recorder) is Turn.GRANTED
-    assert recorder.waits == pytest.approx([1.0, 0.1])
-    assert await pacer.acquire("fast", None, recorder) is Turn.GRANTED  # unpaced campaign: global only
-    assert lookups == ["slow", "fast"]  # the rate is cached, not looked up per job
-    clock.now += 6
-    await pacer.acquire("slow", None, recorder)
-    assert lookups == ["slow", "fast", "slow"]
+    buckets = LocalBuckets(clock)
+    pacer = Pacer(buckets, Limit("global", rate=10))
+    granted = 0
+    for _ in range(50):  # first attempts arriving together: only about a second's worth get a token ahead
+        delay = await buckets.reserve(pacer.global_limit, pacer.first_attempt_ahead)
+        granted += delay is not None
+    assert 10 <= granted <= 11
+    refused = Recorder(clock)
+    # A first attempt that finds the next second taken waits, reserving nothing, and asks again.
+    assert await pacer.acquire(False, None, refused) is Turn.GRANTED
+    assert refused.waits[0] == pytest.approx(0.5)
+    retry = Recorder(clock)
+    assert await pacer.acquire(True, 30.0, retry) is Turn.GRANTED
+    assert sum(retry.waits) <= 1.2  # not behind the other 39 first attempts (3.9 s)
 
 
-async def test_pacer_refuses_when_the_wait_would_pass_the_limit() -> None:
+async def test_pacer_refuses_a_retry_when_the_wait_would_pass_its_window() -> None:
     clock = FakeClock()
-
-    async def rate(name: str) -> float | None:
-        return 0.5
-
-    pacer = Pacer(LocalBuckets(clock), None, rate, clock=clock)
+    pacer = Pacer(LocalBuckets(clock), Limit("global", rate=0.5))
     recorder = Recorder(clock)
-    assert await pacer.acquire("c", 1.0, recorder) is Turn.GRANTED
-    assert await pacer.acquire("c", 1.0, recorder) is Turn.TOO_LATE  # the next token is 2 s away
+    assert await pacer.acquire(True, 1.0, recorder) is Turn.GRANTED
+    assert await pacer.acquire(True, 1.0, recorder) is Turn.TOO_LATE  # the next token is 2 s away
     assert recorder.waits == []
-    assert await pacer.acquire("c", None, Recorder(clock, keep_going=False)) is Turn.ABANDONED
+    assert await pacer.acquire(False, None, Recorder(clock, keep_going=False)) is Turn.ABANDONED
 
 
-async def test_a_429_pauses_only_the_global_bucket() -> None:
+async def test_a_429_pauses_the_global_bucket() -> None:
     clock = FakeClock()
-
-    async def no_rate(name: str) -> float | None:
-        return None
-
-    pacer = Pacer(LocalBuckets(clock), Limit("global", rate=100), no_rate, clock=clock)
+    pacer = Pacer(LocalBuckets(clock), Limit("global", rate=100))
     await pacer.throttled(2.5)
     recorder = Recorder(clock)
-    assert await pacer.acquire(None, None, recorder) is Turn.GRANTED
-    assert recorder.waits == pytest.approx([2.5])
-    unlimited = Pacer(LocalBuckets(clock), None, no_rate, clock=clock)
-    await unlimited.throttled(2.5)  # no global limit: nothing to pause
-    assert await unlimited.acquire(None, None, recorder) is Turn.GRANTED
+    assert await pacer.acquire(True, None, recorder) is Turn.GRANTED
     assert recorder.waits == pytest.approx([2.5])

@@ -19,6 +19,7 @@ import redis
 from stack import Stack
 
 from worker.ledger import Job, State, op_get
+from worker.models import job_id_for_key
 
 TASK = "acs_transfer.transfer"
 
@@ -85,7 +86,7 @@ async def test_a_plain_amqp_client_enqueues_a_job_that_is_sent_once(make_stack: 
     finally:
         connection.close()
     stack.start_worker()
-    job = await settled(stack, task_id)
+    job = await settled(stack, job_id_for_key("pika-1"))  # the key names the job, as for every producer
     assert job.state == State.ACCEPTED, job.reason
     assert job.idempotency_key == "pika-1"
     assert job.campaign == "raw"
@@ -130,7 +131,7 @@ async def test_raw_redis_commands_enqueue_a_job_that_is_sent_once(make_stack: Ca
     finally:
         client.close()
     stack.start_worker()
-    job = await settled(stack, task_id)
+    job = await settled(stack, job_id_for_key("redis-1"))
     assert job.state == State.ACCEPTED, job.reason
     assert job.idempotency_key == "redis-1"
     await asyncio.sleep(1.0)

@@ -18,6 +18,7 @@ from stack import Stack, celery_message, publish_raw
 from worker.broker import TASK_NAME
 from worker.errors import ValidationError
 from worker.ledger import State, op_count_by_state, op_dead_messages, op_get
+from worker.models import job_id_for_key
 from worker.processes import kill
 
 
@@ -111,7 +112,7 @@ async def test_a_raw_message_without_a_ledger_row_becomes_a_job(make_stack: Call
     }
     publish_raw(stack.settings, [celery_message(task_id, kwargs)] * 2)  # the same message twice
     await stack.wait_for(lambda: stack.emulator.state.effects.effects_for_call("call-raw") == 1, "the raw job")
-    job = await stack.settled(task_id)
+    job = await stack.settled(job_id_for_key("raw-1"))  # the key names the job, as for every producer
     assert job.state == State.ACCEPTED
     assert job.idempotency_key == "raw-1"
     await asyncio.sleep(1.0)

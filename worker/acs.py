@@ -1,4 +1,8 @@
-"""The ACS client: one aiohttp session per process, one signed POST per attempt, every answer classified.
+"""The ACS client: one aiohttp session per process, one authenticated POST per attempt, every answer classified.
+
+Authentication is an HMAC signature with the access key (ACS_CONNECTION_STRING) or a Microsoft Entra ID bearer
+token (ACS_ENDPOINT, see `worker.entra`). Under Entra ID a 401 gets one more try with a renewed token before it
+counts, and a token that cannot be had is a request not sent (transient).
 
 Classification follows where a request failed (as azure-core does): never sent (connection refused),
 sent with no answer (timeout, dropped connection), or answered with a status.
@@ -8,6 +12,9 @@ sent with no answer (timeout, dropped connection), or answered with a status.
     408, 429, 5xx, 409 "in progress",     TRANSIENT  retry with the same request id and first-sent
     no answer, not sent
     any other 4xx                         PERMANENT  fail now with ACS's error code and message
+
+A transient answer other than "not sent" and 429 leaves the attempt's effect unknown (`Answer.effect_unknown`):
+ACS executes a request again after a 5xx, so a later 4xx (a call that already moved answers 404) proves nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import json
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.utils import parsedate_to_datetime
 from urllib.parse import quote
 
@@ -25,8 +32,11 @@ import aiohttp
 import yarl
 
 from worker import signing
-from worker.config import AcsCredentials
+from worker.config import AcsAuth, EntraIdEndpoint
+from worker.entra import AccessTokens, TokenUnavailable, challenge_claims
+from worker.logs import get_logger
 
+log = get_logger(__name__)
 USER_AGENT = "acs-transfer/0.1"
 _TRANSIENT_STATUSES = {408, 429}
 
@@ -58,6 +68,11 @@ class Answer:
     retry_after: float | None = None
     repeatability_result: str | None = None
     duration_ms: float = 0.0
+
+    @property
+    def effect_unknown(self) -> bool:
+        """The attempt may have taken effect although no answer says so: no answer, 408, 409 in progress, 5xx."""
+        return self.outcome is Outcome.TRANSIENT and self.reach is not Reach.NOT_SENT and self.status != 429
 
     @property
     def summary(self) -> str:
@@ -99,7 +114,7 @@ def classify(status: int, body: bytes, headers: Mapping[str, str], duration_ms: 
     code, message = _error_detail(body)
     if status == 412:
         outcome = Outcome.STALE
-    elif status in _TRANSIENT_STATUSES or status >= 500 or (status == 409 and result == "accepted"):
+    elif status in _TRANSIENT_STATUSES or status >= 500 or (status == 409 and (result or "").lower() == "accepted"):
         # A 409 with Repeatability-Result: accepted means "the first request is still in progress".
         outcome = Outcome.TRANSIENT
     else:
@@ -111,10 +126,23 @@ def _error_detail(body: bytes) -> tuple[str | None, str | None]:
     try:
         error = json.loads(body)["error"]
         code, message = error.get("code"), error.get("message")
-        return (str(code) if code is not None else None, str(message) if message is not None else None)
+        return (
+            _storable(str(code), _MAX_CODE) if code is not None else None,
+            _storable(str(message), _MAX_MESSAGE) if message is not None else None,
+        )
     except (ValueError, TypeError, KeyError, AttributeError):
         text = body[:300].decode(errors="replace").strip()
-        return None, text or None
+        return None, _storable(text, _MAX_MESSAGE) or None
+
+
+_MAX_CODE = 200  # the ledger's last_error column
+_MAX_MESSAGE = 1000
+
+
+def _storable(text: str, limit: int) -> str:
+    """`text` as every ledger stores it (NUL and lone surrogates escaped), cut to `limit`: whatever ACS puts in
+    an error, writing the answer must not fail on it every time."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")[:limit]
 
 
 def transfer_path(call_connection_id: str, api_version: str) -> str:
@@ -126,17 +154,23 @@ def transfer_path(call_connection_id: str, api_version: str) -> str:
 
 
 class AcsClient:
-    """Sends transfer requests. Create it inside the event loop that will use it, once per process."""
+    """Sends transfer requests. Create it inside the event loop that will use it, once per process.
+
+    With an `EntraIdEndpoint`, `tokens` (which it then owns and closes) supplies the bearer tokens."""
 
     def __init__(
         self,
-        credentials: AcsCredentials,
+        credentials: AcsAuth,
         api_version: str,
         connect_timeout: float,
         request_timeout: float,
         max_connections: int,
+        tokens: AccessTokens | None = None,
     ) -> None:
-        self._credentials = credentials
+        if isinstance(credentials, EntraIdEndpoint) and tokens is None:
+            raise ValueError("an ACS endpoint authenticated with Microsoft Entra ID needs a token source")
+        self._key = None if isinstance(credentials, EntraIdEndpoint) else credentials.access_key
+        self._tokens = tokens if self._key is None else None
         self._api_version = api_version
         self._host = credentials.host
         self._endpoint = credentials.endpoint
@@ -149,23 +183,47 @@ class AcsClient:
         )
 
     def __repr__(self) -> str:
-        return f"AcsClient(endpoint={self._endpoint!r}, api_version={self._api_version!r})"
+        auth = "access key" if self._tokens is None else "Microsoft Entra ID"
+        return f"AcsClient(endpoint={self._endpoint!r}, api_version={self._api_version!r}, auth={auth!r})"
 
     async def close(self) -> None:
         await self._session.close()
+        if self._tokens is not None:
+            await self._tokens.close()
+
+    async def authorize(self) -> None:
+        """Make sure the next attempt can be authenticated, before it is recorded: under Entra ID, that a token is
+        at hand (cached, or fetched now). Raises `TokenUnavailable`; with an access key there is nothing to do."""
+        if self._tokens is not None:
+            await self._tokens.get()
 
     async def transfer(self, call_connection_id: str, body: bytes, request_id: str, first_sent: str) -> Answer:
-        """One attempt: signed afresh (new x-ms-date) over the exact bytes and raw path sent."""
+        """One attempt, authenticated afresh (a new x-ms-date, or the current token) over the exact bytes sent."""
         path = transfer_path(call_connection_id, self._api_version)
-        headers = signing.sign(self._credentials.access_key, "POST", path, self._host, body, time.time())
-        headers.update(
-            {
-                "Host": self._host,
-                "Repeatability-Request-ID": request_id,
-                "Repeatability-First-Sent": first_sent,
-                "x-ms-client-request-id": str(uuid.uuid4()),
-            }
-        )
+        repeatability = {"Repeatability-Request-ID": request_id, "Repeatability-First-Sent": first_sent}
+        if self._tokens is None:
+            assert self._key is not None
+            signed = signing.sign(self._key, "POST", path, self._host, body, time.time())
+            return (await self._post(path, body, {**signed, **repeatability}))[0]
+        try:
+            token = await self._tokens.get()
+        except TokenUnavailable as error:
+            return self._failed(Reach.NOT_SENT, "token_unavailable", str(error), time.perf_counter())
+        answer, challenge = await self._post(path, body, {"Authorization": f"Bearer {token}", **repeatability})
+        if answer.status != 401:
+            return answer
+        # A refused token took no effect: renew it and try once more with the same request id and bytes.
+        log.warning("acs.token_refused", detail=answer.summary)
+        try:
+            token = await self._tokens.renew(token, challenge_claims(challenge))
+        except TokenUnavailable as error:
+            return self._failed(Reach.NOT_SENT, "token_unavailable", str(error), time.perf_counter())
+        retried, _ = await self._post(path, body, {"Authorization": f"Bearer {token}", **repeatability})
+        return replace(retried, duration_ms=answer.duration_ms + retried.duration_ms)
+
+    async def _post(self, path: str, body: bytes, auth_headers: dict[str, str]) -> tuple[Answer, str | None]:
+        """The answer, and a 401's WWW-Authenticate challenge."""
+        headers = {**auth_headers, "Host": self._host, "x-ms-client-request-id": str(uuid.uuid4())}
         url = yarl.URL(self._endpoint + path, encoded=True)
         started = time.perf_counter()
         try:
@@ -177,15 +235,17 @@ class AcsClient:
                 if response.status == 502:
                     # ACS: "retry with a fresh HTTP client" - do not reuse this connection.
                     response.close()
-                return answer
+                return answer, response.headers.get("WWW-Authenticate")
         except aiohttp.ConnectionTimeoutError:
-            return self._failed(Reach.NOT_SENT, "connect_timeout", "no connection within the connect timeout", started)
+            message = "no connection within the connect timeout"
+            failed = self._failed(Reach.NOT_SENT, "connect_timeout", message, started)
         except aiohttp.ClientConnectorError as error:
-            return self._failed(Reach.NOT_SENT, "connection_failed", str(error.os_error or error), started)
+            failed = self._failed(Reach.NOT_SENT, "connection_failed", str(error.os_error or error), started)
         except TimeoutError:
-            return self._failed(Reach.NO_ANSWER, "timeout", "no answer within the request timeout", started)
+            failed = self._failed(Reach.NO_ANSWER, "timeout", "no answer within the request timeout", started)
         except aiohttp.ClientError as error:
-            return self._failed(Reach.NO_ANSWER, type(error).__name__, str(error) or type(error).__name__, started)
+            failed = self._failed(Reach.NO_ANSWER, type(error).__name__, str(error) or type(error).__name__, started)
+        return failed, None
 
     @staticmethod
     def _failed(reach: Reach, code: str, message: str, started: float) -> Answer:

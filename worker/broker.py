@@ -3,6 +3,11 @@
 Three brokers are supported: the embedded file-backed kombu transport (default; one machine, nothing to
 install), RabbitMQ (quorum queue, publisher confirms) and Redis. Whatever the broker, the ledger is the source
 of truth: a message the broker loses is re-published by the sweeper.
+
+Two lanes, two queues: live work (TRANSFER_QUEUE) and bulk work (BULK_QUEUE, campaigns). Every worker consumes
+both, live first: Redis asks the live queue first on every fetch; RabbitMQ delivers to each queue's consumer
+as soon as it has a free prefetch slot, and bulk jobs never hold a slot for long (pacing happens before a
+message is published, see `worker.dispatcher`); the embedded transport alternates between the two.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from typing import Any
 from kombu import Queue
 
 from worker.config import Settings
+from worker.ledger.schema import Lane
 
 TASK_NAME = "acs_transfer.transfer"
 
@@ -44,14 +50,29 @@ def transport_options(settings: Settings) -> dict[str, Any]:
         return {"confirm_publish": True}
     if kind == "redis":
         # Unacknowledged messages come back after this long; a job may legitimately run for the whole
-        # repeatability window, so stay well above it.
-        return {"visibility_timeout": int(settings.repeatability_window * 2 + 60)}
+        # repeatability window, so stay well above it. "priority": the live queue is always asked first
+        # (kombu's default round robin would let the bulk queue take every other turn).
+        return {"visibility_timeout": int(settings.repeatability_window * 2 + 60), "queue_order_strategy": "priority"}
     return {}
 
 
-def transfer_queue(settings: Settings) -> Queue:
+def queue_name(settings: Settings, lane: str = Lane.LIVE) -> str:
+    """The queue of a lane: TRANSFER_QUEUE for live work (what a raw producer publishes to), BULK_QUEUE for bulk."""
+    return settings.bulk_queue if lane == Lane.BULK else settings.queue
+
+
+def transfer_queue(settings: Settings, lane: str = Lane.LIVE) -> Queue:
     arguments = {"x-queue-type": "quorum"} if broker_kind(settings.broker_url) == "rabbitmq" else None
-    return Queue(settings.queue, routing_key=settings.queue, queue_arguments=arguments)
+    name = queue_name(settings, lane)
+    return Queue(name, routing_key=name, queue_arguments=arguments)
+
+
+def lane_queues(settings: Settings) -> list[Queue]:
+    """Every lane's queue, live first (one queue when BULK_QUEUE names the live queue)."""
+    queues = [transfer_queue(settings, Lane.LIVE)]
+    if settings.bulk_queue != settings.queue:
+        queues.append(transfer_queue(settings, Lane.BULK))
+    return queues
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -75,7 +96,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Many requests in flight per process: the threads pool feeds one shared event loop.
         "worker_pool": "threads",
         "worker_concurrency": settings.worker_concurrency,
-        "worker_prefetch_multiplier": 2,
+        "worker_prefetch_multiplier": 1,
         "worker_hijack_root_logger": False,
         "worker_consumer": "worker.consumer:RecordingConsumer",
         # The file-backed transport has no broadcast worth polling for; remote control needs a real broker.
@@ -85,6 +106,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": settings.task_events and not embedded,
         "task_send_sent_event": settings.task_events and not embedded,
         "task_default_queue": settings.queue,
-        "task_queues": [transfer_queue(settings)],
+        "task_queues": lane_queues(settings),
         "task_routes": {TASK_NAME: {"queue": settings.queue}},
     }

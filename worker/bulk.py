@@ -23,16 +23,18 @@ from kombu.exceptions import OperationalError as BrokerError
 
 from worker.broker import broker_kind, transfer_queue
 from worker.config import Settings
+from worker.ledger import Lane
 from worker.publisher import MessageTemplate, Publisher
 
 
 class BatchPublisher:
     """Job messages by the batch, each batch confirmed as a whole. Not thread-safe; `close()` when done."""
 
-    def __init__(self, app: Celery, settings: Settings, confirm_timeout: float = 60.0) -> None:
+    def __init__(self, app: Celery, settings: Settings, confirm_timeout: float = 60.0, lane: str = Lane.BULK) -> None:
         self._app = app
         self._settings = settings
-        self._queue = transfer_queue(settings)
+        self._lane = lane
+        self._queue = transfer_queue(settings, lane)
         self._confirm_timeout = confirm_timeout
         self._one_by_one = None if broker_kind(settings.broker_url) == "rabbitmq" else Publisher(app, settings)
         self._connection: kombu.Connection | None = None
@@ -45,7 +47,7 @@ class BatchPublisher:
 
     def publish(self, job_ids: Iterable[str]) -> int:
         if self._one_by_one is not None:
-            return self._one_by_one.publish(job_ids)
+            return self._one_by_one.publish(job_ids, self._lane)
         try:
             return self._publish_confirmed(job_ids)
         except Exception:

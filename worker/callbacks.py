@@ -2,7 +2,8 @@
 
     POST /v1/callbacks/{job_id}   the URI the producer puts in operationCallbackUri (names the job)
     POST /v1/callbacks            events forwarded by a producer that uses its own callback URI: matched to
-                                  the latest job on the event's call (and operation context, when given)
+                                  the one job on the event's call (and operation context, when given) that
+                                  was sent and waits for an outcome; none or several: recorded unmatched
 
 Each request must carry ACS's bearer token (verified in `worker.tokens`) unless verification is switched off
 for local development. Events are deduplicated on their CloudEvent id. `CallTransferAccepted` moves a job to
@@ -33,6 +34,7 @@ from worker.ledger import (
     op_find_job_for_event,
     op_get,
     op_record_event,
+    op_stop_replacement,
 )
 from worker.logs import get_logger
 from worker.metrics import CALLBACKS
@@ -103,29 +105,40 @@ def _integer(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def op_receive(
-    connection: Connection, event: TransferEvent, path_job_id: str | None, now: float
-) -> tuple[str, Job | None]:
-    """Dedupe, correlate and apply one event in one transaction: (what happened, the job if any)."""
-    job_id = path_job_id
+@dataclass(frozen=True)
+class Received:
+    """What one event did: its result, the job it settled or found settled, why it matched no job, and what
+    became of a replayed original's replacement ("superseded" or "both_sent")."""
+
+    result: str
+    job: Job | None = None
+    unmatched_because: str | None = None
+    replacement: tuple[str, Job] | None = None
+
+
+def op_receive(connection: Connection, event: TransferEvent, path_job_id: str | None, now: float) -> Received:
+    """Dedupe, correlate and apply one event in one transaction."""
+    job_id, unmatched_because = path_job_id, None
     if job_id is not None and (len(job_id) > 64 or not _storable(job_id)):
-        job_id = None  # no job has such an id (the ledger could not even look it up)
+        job_id, unmatched_because = None, "the URI names no job"  # no job has such an id
     elif job_id is not None:
         job = op_get(connection, job_id)
         if job is None or job.call_connection_id != event.call_connection_id:
-            job_id = None  # a URI naming another job (or none): correlate nothing rather than the wrong job
+            # A URI naming another job (or none): correlate nothing rather than the wrong job.
+            job_id, unmatched_because = None, f"the URI names no job on call {event.call_connection_id!r}"
     else:
-        job_id = op_find_job_for_event(connection, event.call_connection_id, event.operation_context)
+        job_id, unmatched_because = op_find_job_for_event(connection, event.call_connection_id, event.operation_context)
     if not op_record_event(connection, event.id, event.type, job_id, event.payload, now):
-        return "duplicate", None
+        return Received("duplicate")
     if job_id is None:
-        return "unmatched", None
+        return Received("unmatched", unmatched_because=unmatched_because)
     code = f" (code {event.outcome.code}, subCode {event.outcome.subcode})" if event.outcome.code is not None else ""
     detail = f"{event.type.rsplit('.', 1)[-1]}{code}: {event.outcome.message or 'no message'}"
     settled = op_apply_outcome(connection, job_id, event.outcome, detail, now)
     if settled is None:
-        return "already_settled", op_get(connection, job_id)
-    return "applied", settled
+        return Received("already_settled", op_get(connection, job_id))
+    replacement = op_stop_replacement(connection, settled, now)
+    return Received("applied", op_get(connection, job_id) if replacement else settled, replacement=replacement)
 
 
 async def receive(request: web.Request, ledger: Ledger, verifier: TokenVerifier | None) -> web.Response:
@@ -150,14 +163,15 @@ async def receive(request: web.Request, ledger: Ledger, verifier: TokenVerifier 
             CALLBACKS.labels("ignored").inc()
             counts["ignored"] = counts.get("ignored", 0) + 1
             continue
-        result, job = await ledger.run(op_receive, parsed, path_job_id, time.time())
-        counts[result] = counts.get(result, 0) + 1
-        CALLBACKS.labels(result).inc()
-        _log_result(result, parsed, job, path_job_id)
+        received = await ledger.run(op_receive, parsed, path_job_id, time.time())
+        counts[received.result] = counts.get(received.result, 0) + 1
+        CALLBACKS.labels(received.result).inc()
+        _log_result(received, parsed, path_job_id)
     return web.json_response({"received": len(events), **counts})
 
 
-def _log_result(result: str, event: TransferEvent, job: Job | None, path_job_id: str | None) -> None:
+def _log_result(received: Received, event: TransferEvent, path_job_id: str | None) -> None:
+    result, job = received.result, received.job
     fields: dict[str, Any] = {
         "event_id": event.id,
         "event_type": event.type,
@@ -175,10 +189,18 @@ def _log_result(result: str, event: TransferEvent, job: Job | None, path_job_id:
             request_id=job.request_id,
             **fields,
         )
-        if job.replayed_by is not None:
-            log.error("callback.outcome_after_replay", replayed_by=job.replayed_by, **fields)
+        if received.replacement is not None:
+            what, replacement = received.replacement
+            if what == "superseded":
+                log.warning("replay.superseded", replacement=replacement.id, reason=replacement.reason, **fields)
+            else:
+                log.warning("replay.both_sent", replacement=replacement.id, reason=job.reason, **fields)
+        elif job.replayed_by is not None:
+            log.warning("callback.outcome_after_replay", replayed_by=job.replayed_by, **fields)
     elif result == "already_settled" and job is not None and job.state != event.outcome.state:
         log.warning("callback.conflicting_outcome", state=job.state, event_state=event.outcome.state, **fields)
+    elif result == "unmatched":
+        log.warning("callback.unmatched", reason=received.unmatched_because, **fields)
     else:
         log.info(f"callback.{result}", **fields)
 

@@ -83,6 +83,8 @@ class Progress:
     counts: dict[str, int]
     settled_recently: int
     window: float
+    #: of the queued jobs, those a paced campaign keeps in the ledger until the dispatcher releases them
+    awaiting_dispatch: int = 0
 
     @property
     def total(self) -> int:
@@ -127,4 +129,9 @@ def op_progress(connection: Connection, name: str, now: float, window: float) ->
             job_events.c.to_state.not_in(ACTIVE),
         )
     )
-    return Progress(counts, int(connection.execute(recent).scalar() or 0), window)
+    awaiting = sa.select(sa.func.count()).where(
+        jobs.c.campaign == name, jobs.c.state == State.QUEUED, jobs.c.published_at.is_(None)
+    )
+    return Progress(
+        counts, int(connection.execute(recent).scalar() or 0), window, int(connection.execute(awaiting).scalar() or 0)
+    )

@@ -22,7 +22,7 @@ from typing import IO, Any
 
 from worker.campaign_files import FileError, Row
 from worker.errors import IdempotencyConflict, Issue, ValidationError
-from worker.ledger import NewJob, SyncLedger
+from worker.ledger import Job, Lane, NewJob, SyncLedger
 from worker.logs import get_logger
 from worker.models import TransferRequest, parse_transfer
 from worker.producer import prepare_job
@@ -175,7 +175,11 @@ class Submitter:
             return None
         key = idempotency_key(self._campaign, row.key, request)
         return prepare_job(
-            request, idempotency_key=key, campaign=self._campaign, callback_base_url=self._callback_base_url
+            request,
+            idempotency_key=key,
+            campaign=self._campaign,
+            callback_base_url=self._callback_base_url,
+            lane=Lane.BULK,
         )
 
     def _reject(self, row: Row, issues: Iterable[Issue]) -> None:
@@ -210,34 +214,36 @@ class Submitter:
         unique = list(first.values())
         new_jobs = [job for _, job in unique]
         try:
-            outcomes: list[bool | None] = [created for _, created in self._ledger.create_jobs(new_jobs)]
+            outcomes: list[tuple[Job, bool] | None] = list(self._ledger.create_jobs(new_jobs))
         except IdempotencyConflict:
             # Some key in the batch names a different transfer from an earlier batch or run: go row by row
             # (rare, so the slow path is fine) to reject just those.
             outcomes = [self._create_one(job) for job in new_jobs]
         created_ids: list[str] = []
-        for (row, job), created in zip(unique, outcomes, strict=True):
-            if created is None:
+        for (row, _), outcome in zip(unique, outcomes, strict=True):
+            if outcome is None:
                 self._conflict(row)
-            elif created:
-                created_ids.append(job.id)
+            elif outcome[1]:
+                self.summary.enqueued += 1
+                # A paced campaign's job waits in the ledger for the dispatcher, which publishes it at its rate.
+                if outcome[0].published_at is not None:
+                    created_ids.append(outcome[0].id)
             else:
                 self.summary.already_present += 1
         for row, job in repeats:
-            if job.body == first[job.idempotency_key or ""][1].body:
+            if job.identity == first[job.idempotency_key or ""][1].identity:
                 self.summary.already_present += 1
             else:
                 self._conflict(row)
-        self.summary.enqueued += len(created_ids)
         self.summary.valid = self.summary.enqueued + self.summary.already_present
         return created_ids
 
-    def _create_one(self, job: NewJob) -> bool | None:
+    def _create_one(self, job: NewJob) -> tuple[Job, bool] | None:
         try:
-            ((_, created),) = self._ledger.create_jobs([job])
+            (outcome,) = self._ledger.create_jobs([job])
         except IdempotencyConflict:
             return None
-        return created
+        return outcome
 
     def _publish_from(self, outbox: queue.Queue[list[str] | None]) -> None:
         while (job_ids := outbox.get()) is not None:

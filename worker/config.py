@@ -21,7 +21,16 @@ from worker.redact import mask_url
 
 DEFAULT_API_VERSION = "2024-09-15"
 DEFAULT_QUEUE = "acs-transfer"
+_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 T = TypeVar("T")
+
+
+def _host_header(endpoint: str) -> str:
+    """``host[:port]`` of `endpoint` as the Host header carries it: a default port is left out."""
+    url = urlsplit(endpoint)
+    default_port = {"http": 80, "https": 443}[url.scheme]
+    netloc = url.netloc.rpartition("@")[2]
+    return netloc.removesuffix(f":{default_port}") if url.port == default_port else netloc
 
 
 @dataclass(frozen=True)
@@ -34,10 +43,7 @@ class AcsCredentials:
     @property
     def host(self) -> str:
         """``host[:port]`` as the Host header carries it: a default port is left out."""
-        url = urlsplit(self.endpoint)
-        default_port = {"http": 80, "https": 443}[url.scheme]
-        netloc = url.netloc.rpartition("@")[2]
-        return netloc.removesuffix(f":{default_port}") if url.port == default_port else netloc
+        return _host_header(self.endpoint)
 
     @classmethod
     def from_connection_string(cls, text: str) -> AcsCredentials:
@@ -82,6 +88,39 @@ def _is_local_host(host: str) -> bool:
         return host == "localhost" or host.endswith(".localhost") or "." not in host
 
 
+@dataclass(frozen=True)
+class EntraIdEndpoint:
+    """Where ACS lives when requests carry a Microsoft Entra ID token (azure-identity's DefaultAzureCredential)."""
+
+    endpoint: str
+
+    @property
+    def host(self) -> str:
+        return _host_header(self.endpoint)
+
+    @classmethod
+    def parse(cls, text: str) -> EntraIdEndpoint:
+        """An ``https://<resource>.communication.azure.com`` URL; plain http only to a loopback host (tokens are
+        bearer secrets)."""
+        shown = f"ACS_ENDPOINT={mask_url(text)!r}"
+        try:
+            url = urlsplit(text.strip())
+            _ = url.port  # raises on a malformed port
+        except ValueError:
+            raise ConfigError(f"{shown} is not a URL") from None
+        if url.scheme not in {"http", "https"} or not url.hostname or url.username or url.password:
+            raise ConfigError(f"{shown} must be https://<resource>.communication.azure.com")
+        if url.scheme == "http" and url.hostname not in _LOOPBACK_HOSTS:
+            raise ConfigError(f"{shown} must use https (plain http only to a loopback host)")
+        if url.path.strip("/") or url.query or url.fragment:
+            raise ConfigError(f"{shown} must be the resource's base URL, without a path or query")
+        return cls(urlunsplit((url.scheme, url.netloc, "", "", "")))
+
+
+#: how requests to ACS are authenticated
+AcsAuth = AcsCredentials | EntraIdEndpoint
+
+
 def _masked_url(url: str) -> str:
     # Also masks a libpq ``?password=`` parameter, which would otherwise reach the worker's start-up log line.
     return mask_url(url)
@@ -93,10 +132,12 @@ class Settings:
 
     home: Path = Path(".acs-transfer")
     acs_connection_string: str | None = field(default=None, repr=False)
+    acs_endpoint: str | None = None
     api_version: str = DEFAULT_API_VERSION
     broker_url: str = ""
     ledger_url: str = ""
     queue: str = DEFAULT_QUEUE
+    bulk_queue: str = ""
     connect_timeout: float = 5.0
     request_timeout: float = 10.0
     max_connections: int = 100
@@ -107,6 +148,7 @@ class Settings:
     claim_lease: float = 30.0
     sweep_interval: float = 5.0
     republish_after: float = 30.0
+    republish_queued_after: float = 300.0
     worker_concurrency: int = 64
     log_level: str = "INFO"
     log_format: str = "auto"
@@ -135,6 +177,8 @@ class Settings:
     def __post_init__(self) -> None:
         if not self.broker_url:
             object.__setattr__(self, "broker_url", "filesystem://")
+        if not self.bulk_queue:
+            object.__setattr__(self, "bulk_queue", f"{self.queue}.bulk")
         if not self.ledger_url:
             object.__setattr__(self, "ledger_url", f"sqlite:///{(self.home / 'ledger.db').as_posix()}")
         elif self.ledger_url.startswith("postgres://"):  # the spelling Heroku and others hand out
@@ -153,9 +197,19 @@ class Settings:
 
     @property
     def acs(self) -> AcsCredentials:
+        """The access key (HMAC) credentials; raises when ACS_CONNECTION_STRING is not what is configured."""
         if not self.acs_connection_string:
             raise ConfigError("ACS_CONNECTION_STRING is not set: endpoint=https://<resource>/;accesskey=<key>")
         return AcsCredentials.from_connection_string(self.acs_connection_string)
+
+    @property
+    def acs_auth(self) -> AcsAuth:
+        """How the worker authenticates to ACS: exactly one of ACS_CONNECTION_STRING and ACS_ENDPOINT."""
+        if self.acs_endpoint:
+            return EntraIdEndpoint.parse(self.acs_endpoint)
+        if self.acs_connection_string:
+            return self.acs
+        raise ConfigError(_NO_ACS_AUTH)
 
     @property
     def broker_folder(self) -> Path:
@@ -255,6 +309,18 @@ def _connection_string_rule(settings: Settings) -> str | None:
     return parsed if isinstance(parsed, str) else None
 
 
+def _endpoint_rule(settings: Settings) -> str | None:
+    if not settings.acs_endpoint:
+        return None
+    if settings.acs_connection_string:
+        return _BOTH_ACS_AUTH
+    try:
+        EntraIdEndpoint.parse(settings.acs_endpoint)
+    except ConfigError as error:
+        return str(error).removeprefix(f"ACS_ENDPOINT={mask_url(settings.acs_endpoint)!r} ")
+    return None
+
+
 def _one_of(value: str, allowed: tuple[str, ...]) -> str | None:
     return None if value in allowed else f"{value!r} is not one of {', '.join(allowed)}"
 
@@ -307,6 +373,7 @@ def _reconcile_rule(settings: Settings) -> str | None:
 #: a new setting with a rule is one more entry here
 RULES: tuple[Rule, ...] = (
     Rule("ACS_CONNECTION_STRING", _connection_string_rule),
+    Rule("ACS_ENDPOINT", _endpoint_rule),
     Rule("CELERY_BROKER_URL", _broker_rule),
     Rule("LEDGER_URL", _ledger_rule),
     Rule("LOG_LEVEL", lambda s: _one_of(s.log_level, LOG_LEVELS)),
@@ -316,6 +383,13 @@ RULES: tuple[Rule, ...] = (
     Rule("CALLBACK_BASE_URL", lambda s: _http_url_rule(s.callback_base_url)),
     Rule("CALLBACK_JWKS_URL", lambda s: _http_url_rule(s.callback_jwks_url)),
     Rule("RATE_LIMIT_REDIS_URL", lambda s: _redis_url_rule(s.rate_limit_redis_url)),
+)
+
+
+_BOTH_ACS_AUTH = "set only one of ACS_CONNECTION_STRING (access key) and ACS_ENDPOINT (Microsoft Entra ID), not both"
+_NO_ACS_AUTH = (
+    "set ACS_CONNECTION_STRING (endpoint=https://<resource>/;accesskey=<key>) or ACS_ENDPOINT "
+    "(https://<resource>.communication.azure.com, authenticated with Microsoft Entra ID)"
 )
 
 
@@ -374,10 +448,12 @@ SECRET_FIELDS = frozenset({"acs_connection_string", "intake_tokens"})
 ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "home": ("ACS_TRANSFER_HOME", Path),
     "acs_connection_string": ("ACS_CONNECTION_STRING", _text),
+    "acs_endpoint": ("ACS_ENDPOINT", _text),
     "api_version": ("ACS_API_VERSION", _text),
     "broker_url": ("CELERY_BROKER_URL", _text),
     "ledger_url": ("LEDGER_URL", _text),
     "queue": ("TRANSFER_QUEUE", _text),
+    "bulk_queue": ("BULK_QUEUE", _text),
     "connect_timeout": ("ACS_CONNECT_TIMEOUT", _positive(float)),
     "request_timeout": ("ACS_REQUEST_TIMEOUT", _positive(float)),
     "max_connections": ("ACS_MAX_CONNECTIONS", _positive(int)),
@@ -388,6 +464,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "claim_lease": ("CLAIM_LEASE", _positive(float)),
     "sweep_interval": ("SWEEP_INTERVAL", _positive(float)),
     "republish_after": ("REPUBLISH_AFTER", _positive(float)),
+    "republish_queued_after": ("REPUBLISH_QUEUED_AFTER", _positive(float)),
     "worker_concurrency": ("WORKER_CONCURRENCY", _positive(int)),
     "log_level": ("LOG_LEVEL", str.upper),
     "log_format": ("LOG_FORMAT", str.lower),

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from worker.config import ENVIRONMENT, SECRET_FIELDS, fields_set_in_environment, read_env
+from worker.config import ENVIRONMENT, SECRET_FIELDS, Settings, fields_set_in_environment, read_env
 from worker.redact import MASK, mask_url
 
 
@@ -32,6 +32,15 @@ def shown(name: str, value: Any) -> str:
     if name in SECRET_FIELDS:
         return MASK if text else ""
     return mask_url(text) if "://" in text else text
+
+
+def acs_authentication(settings: Settings) -> str:
+    """Which way the worker authenticates to ACS, as `acs-transfer config` reports it."""
+    if settings.acs_endpoint:
+        return "Microsoft Entra ID (ACS_ENDPOINT; credential: azure-identity DefaultAzureCredential)"
+    if settings.acs_connection_string:
+        return "access key (ACS_CONNECTION_STRING)"
+    return "not configured: set ACS_CONNECTION_STRING or ACS_ENDPOINT to send transfers"
 
 
 def effective_config(environ: Mapping[str, str] | None = None) -> list[Entry]:

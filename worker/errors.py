@@ -7,7 +7,8 @@
     ├── JobNotFound               no job has that id
     ├── LedgerSchemaError         the ledger database was made by an older release (names the missing columns)
     ├── ReplayRefused             a job that is not failed or dead (or was replayed already) cannot be replayed
-    └── CallbackRejected          an outcome event's request is unauthenticated or malformed
+    ├── CallbackRejected          an outcome event's request is unauthenticated or malformed
+    └── TokenUnavailable          no Microsoft Entra ID token for ACS (nothing was sent; retried later)
 
 What ACS answers is not an exception: `worker.acs.Answer` classifies every answer (and every failure to get
 one) so the transfer logic can decide between done, retry and give up without catching anything.
@@ -73,3 +74,7 @@ class CallbackRejected(TransferError):
 
 class LedgerSchemaError(TransferError):
     """The ledger database lacks tables or columns this release needs."""
+
+
+class TokenUnavailable(TransferError):
+    """No Microsoft Entra ID token for ACS could be had: nothing was sent; the message is retried later."""

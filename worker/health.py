@@ -1,4 +1,4 @@
-"""Can this process do its work? One check per dependency: the broker and the ledger.
+"""Can this process do its work? One check per dependency: the broker, the ledger, and ACS authentication.
 
 Used by `acs-transfer healthcheck` (the container's HEALTHCHECK) and meant for a readiness endpoint. Checks are
 synchronous and bounded by `timeout`; an async caller runs them with `asyncio.to_thread`. They only read: no
@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
 from worker.broker import broker_kind, transport_options
-from worker.config import Settings
+from worker.config import AcsCredentials, Settings
 from worker.redact import mask_url, scrub, url_secrets
 
 
@@ -88,12 +88,32 @@ def _postgresql_has_jobs(url: sa.URL, timeout: float) -> bool:
         engine.dispose()
 
 
-CHECKS: dict[str, Callable[[Settings, float], str]] = {"broker": check_broker, "ledger": check_ledger}
+def check_acs(settings: Settings, timeout: float = 5.0) -> str:
+    """Which authentication the worker uses for ACS; under Microsoft Entra ID, proof that a token can be had.
+
+    Nothing is sent to ACS. A process with neither ACS_CONNECTION_STRING nor ACS_ENDPOINT passes: it may be a
+    producer or `serve`, which never send."""
+    if not (settings.acs_connection_string or settings.acs_endpoint):
+        return "not configured (ACS_CONNECTION_STRING or ACS_ENDPOINT): this process cannot send transfers"
+    auth = settings.acs_auth
+    if isinstance(auth, AcsCredentials):
+        return f"access key (ACS_CONNECTION_STRING) for {auth.endpoint}"
+    from worker.entra import check_token  # noqa: PLC0415 - azure-identity only on this path
+
+    return f"Microsoft Entra ID (ACS_ENDPOINT) for {auth.endpoint}: {check_token(timeout)}"
+
+
+CHECKS: dict[str, Callable[[Settings, float], str]] = {
+    "broker": check_broker,
+    "ledger": check_ledger,
+    "acs": check_acs,
+}
 
 
 def run_checks(settings: Settings, timeout: float = 5.0, names: tuple[str, ...] = tuple(CHECKS)) -> list[Check]:
     """Run the named checks in order; a failing check is reported, never raised."""
     secrets = url_secrets(settings.broker_url) + url_secrets(settings.ledger_url)
+    secrets += [settings.acs_connection_string] if settings.acs_connection_string else []
     results = []
     for name in names:
         started = time.monotonic()

@@ -27,7 +27,7 @@ from aiohttp import web
 from worker.campaign import check_name, op_progress
 from worker.config import Settings
 from worker.errors import IdempotencyConflict, Issue, ValidationError
-from worker.ledger import Job, Ledger, NewJob, op_create_jobs, op_events, op_get
+from worker.ledger import Job, Lane, Ledger, NewJob, op_create_jobs, op_events, op_get
 from worker.metrics import INTAKE
 from worker.models import parse_transfer
 from worker.openapi import MAX_KEY_LENGTH, OPENAPI
@@ -91,7 +91,7 @@ class Intake:
         self.ledger = ledger
         self.publisher = publisher
 
-    def _new_job(self, item: Any, key: str | None, campaign: str | None, where: str) -> NewJob:
+    def _new_job(self, item: Any, key: str | None, campaign: str | None, lane: Any, where: str) -> NewJob:
         # Keys and campaign names are stored as given: what the ledger cannot store (NUL, an unpaired surrogate,
         # a name longer than its column) is refused here rather than failing the insert with a 500.
         if key is not None and (not key.strip() or len(key) > MAX_KEY_LENGTH or not _storable(key)):
@@ -105,14 +105,20 @@ class Intake:
                     raise ValueError("a campaign name must be valid UTF-8")
             except ValueError as problem:
                 raise ValidationError([Issue("campaign", str(problem))], where) from None
+        if lane not in Lane.ALL:
+            raise ValidationError([Issue("lane", f"must be one of {', '.join(Lane.ALL)}")], where)
         request = parse_transfer(item, where=where)
         return prepare_job(
-            request, idempotency_key=key, campaign=campaign, callback_base_url=self.settings.callback_base_url
+            request,
+            idempotency_key=key,
+            campaign=campaign,
+            callback_base_url=self.settings.callback_base_url,
+            lane=lane,
         )
 
     async def _create(self, new_jobs: list[NewJob]) -> list[tuple[Job, bool]]:
         results = await self.ledger.run(op_create_jobs, new_jobs, time.time())
-        await asyncio.to_thread(self.publisher.publish_saved, [job.id for job, is_new in results if is_new])
+        await asyncio.to_thread(self.publisher.publish_saved, [job for job, is_new in results if is_new])
         return results
 
     async def create_one(self, request: web.Request) -> web.Response:
@@ -120,11 +126,12 @@ class Intake:
         if not isinstance(data, Mapping):
             return error(422, "ValidationFailed", "the body must be a JSON object (a transfer request)")
         campaign = data.get("campaign")
-        item = {key: value for key, value in data.items() if key != "campaign"}
+        item = {key: value for key, value in data.items() if key not in {"campaign", "lane"}}
         try:
             if campaign is not None and not isinstance(campaign, str):
                 raise ValidationError([Issue("campaign", "must be a string")])
-            new_job = self._new_job(item, request.headers.get("Idempotency-Key"), campaign, "")
+            lane = data.get("lane", Lane.LIVE)
+            new_job = self._new_job(item, request.headers.get("Idempotency-Key"), campaign, lane, "")
             ((job, created),) = await self._create([new_job])
         except ValidationError as failure:
             return _validation_error(failure)
@@ -141,6 +148,10 @@ class Intake:
         limit = self.settings.intake_max_batch
         if len(items) > limit:
             return error(413, "BatchTooLarge", f"at most {limit} transfers per batch, got {len(items)}")
+        # A batch that names a campaign is bulk work unless it says otherwise.
+        lane = data.get("lane", Lane.LIVE if campaign is None else Lane.BULK)
+        if lane not in Lane.ALL:
+            return error(422, "ValidationFailed", f"lane must be one of {', '.join(Lane.ALL)}")
         results: list[dict[str, Any]] = [{"index": index} for index in range(len(items))]
         valid: list[tuple[int, NewJob]] = []
         for index, item in enumerate(items):
@@ -151,7 +162,7 @@ class Intake:
                 key = item.get("idempotencyKey")
                 if key is not None and not isinstance(key, str):
                     raise ValidationError([Issue("idempotencyKey", "must be a string")], f"transfers[{index}]")
-                valid.append((index, self._new_job(fields, key, campaign, f"transfers[{index}]")))
+                valid.append((index, self._new_job(fields, key, campaign, lane, f"transfers[{index}]")))
             except ValidationError as failure:
                 results[index].update(status="rejected", errors=failure.as_json())
         for index, outcome in zip(

@@ -2,8 +2,11 @@
 
 Two forms are accepted as task kwargs (JSON only):
 - ``{"job_id": "..."}`` from this package's producers: the job is already in the ledger;
-- ``{"request": {...wire form...}, "idempotency_key": "...", "campaign": "..."}`` from any other producer:
-  the worker creates the job itself, idempotently (its id is the message's task id, so a redelivery finds it).
+- ``{"request": {...wire form...}, "idempotency_key": "...", "campaign": "...", "lane": "live"|"bulk"}`` from any
+  other producer: the worker creates the job itself, idempotently: its id is derived from the idempotency key
+  when the message carries one (as every producer derives it, so one key is one job whichever way it came in),
+  else it is the message's task id, so a redelivery finds it. A key that already names another transfer makes
+  a dead message. The job goes in the lane named, else the lane of the queue the message came from.
 Anything else is recorded as a dead message with the reason, and the worker carries on.
 """
 
@@ -14,14 +17,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from worker.errors import IdempotencyConflict, ValidationError
-from worker.ledger import Job, op_create_jobs, op_record_dead_message
+from worker.ledger import Job, Lane, State, op_create_jobs, op_record_dead_message
 from worker.logs import get_logger
-from worker.models import parse_transfer
+from worker.models import job_id_for_key, parse_transfer
 from worker.producer import prepare_job
 from worker.transfer import Context, send_job
 
 log = get_logger(__name__)
-_KNOWN = {"job_id", "request", "idempotency_key", "campaign"}
+_KNOWN = {"job_id", "request", "idempotency_key", "campaign", "lane"}
 # The ledger's column sizes: a longer value would fail the insert on PostgreSQL, every time the message came back.
 _LIMITS = {"job_id": 64, "idempotency_key": 512, "campaign": 200}
 _MAX_MESSAGE_ID = 200
@@ -61,17 +64,27 @@ def _job_from_kwargs(task_id: str, kwargs: Mapping[str, Any]) -> tuple[str, Any]
             not isinstance(value, str) or not value.strip() or len(value) > limit or not _is_plain(value)
         ):
             raise BadMessage(f"{name} must be a non-empty string of at most {limit} printable characters")
+    if kwargs.get("lane", Lane.LIVE) not in Lane.ALL:
+        raise BadMessage(f"lane must be one of {', '.join(Lane.ALL)}")
     job_id = kwargs.get("job_id")
     if job_id is None and "request" not in kwargs:
         raise BadMessage("message carries neither job_id nor request")
+    key = kwargs.get("idempotency_key")
+    if job_id is None and key is not None:
+        # The key names the job as it does for every producer: one key, one job, whichever way it came in.
+        return job_id_for_key(key), kwargs.get("request")
     if job_id is None and (not task_id or len(task_id) > _LIMITS["job_id"] or not _is_plain(task_id)):
         # The task id becomes the job's id: it must fit the ledger as a job_id would.
         raise BadMessage(f"the message's task id must be 1 to {_LIMITS['job_id']} printable characters")
     return job_id or task_id, kwargs.get("request")
 
 
-async def handle_message(ctx: Context, task_id: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Job | None:
-    """Turn one task message into a sent job; a bad message becomes a dead-message record, never an exception."""
+async def handle_message(
+    ctx: Context, task_id: str, args: tuple[Any, ...], kwargs: Mapping[str, Any], lane: str = Lane.LIVE
+) -> Job | None:
+    """Turn one task message into a sent job; a bad message becomes a dead-message record, never an exception.
+
+    A job created from a message goes in the message's ``lane``, else in the lane of the queue it came from."""
     try:
         if args:
             raise BadMessage("positional arguments are not accepted; send keyword arguments")
@@ -84,10 +97,13 @@ async def handle_message(ctx: Context, task_id: str, args: tuple[Any, ...], kwar
                 idempotency_key=kwargs.get("idempotency_key"),
                 campaign=kwargs.get("campaign"),
                 callback_base_url=ctx.settings.callback_base_url,
+                lane=kwargs.get("lane", lane),
             )
             ((job, created),) = await ctx.ledger.run(op_create_jobs, [new_job], ctx.clock())
             if created:
                 log.info("job.created_from_message", job_id=job.id, message_id=task_id)
+            if job.state == State.QUEUED and job.published_at is None:
+                return job  # a paced campaign's: the dispatcher publishes it at the campaign's rate
             job_id = job.id
     except (BadMessage, ValidationError, IdempotencyConflict) as error:
         await record_dead_message(ctx, task_id, str(error), {"args": list(args), "kwargs": dict(kwargs)})

@@ -10,7 +10,8 @@ import time
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from worker.ledger import Ledger, State, op_count_by_state, op_oldest_queued
+from worker.ledger import Lane, Ledger, State, op_count_by_state, op_oldest_queued
+from worker.ledger.dispatch import op_oldest_published
 
 ATTEMPTS = Counter(
     "acs_transfer_attempts_total", "HTTP attempts to ACS by classified outcome and status", ["outcome", "status"]
@@ -32,6 +33,18 @@ CALLBACKS = Counter("acs_transfer_callback_events_total", "Outcome events receiv
 INTAKE = Counter("acs_transfer_intake_requests_total", "Intake API requests by route and status", ["route", "status"])
 JOBS = Gauge("acs_transfer_jobs", "Jobs in the ledger by state", ["state"])
 LEDGER_LAG = Gauge("acs_transfer_ledger_lag_seconds", "Age of the oldest job still queued (0 when none)")
+QUEUE_DEPTH = Gauge(
+    "acs_transfer_queue_depth", "Messages ready in each lane's queue, as the broker reports it", ["lane"]
+)
+QUEUE_WAIT = Histogram(
+    "acs_transfer_queue_wait_seconds",
+    "From a job's publish to a worker taking it, per lane",
+    ["lane"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+QUEUE_OLDEST = Gauge(
+    "acs_transfer_queue_oldest_seconds", "Age of the oldest published job no worker has taken yet, per lane", ["lane"]
+)
 
 
 async def refresh_ledger_gauges(ledger: Ledger) -> None:
@@ -39,4 +52,14 @@ async def refresh_ledger_gauges(ledger: Ledger) -> None:
     for state in State.ALL:
         JOBS.labels(state).set(counts.get(state, 0))
     oldest = await ledger.run(op_oldest_queued)
-    LEDGER_LAG.set(0.0 if oldest is None else max(0.0, time.time() - oldest))
+    now = time.time()
+    LEDGER_LAG.set(0.0 if oldest is None else max(0.0, now - oldest))
+    published = await ledger.run(op_oldest_published)
+    for lane in Lane.ALL:
+        QUEUE_OLDEST.labels(lane).set(max(0.0, now - published[lane]) if lane in published else 0.0)
+
+
+def set_queue_depths(depths: dict[str, int | None]) -> None:
+    for lane, depth in depths.items():
+        if depth is not None:
+            QUEUE_DEPTH.labels(lane).set(depth)

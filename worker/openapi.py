@@ -154,11 +154,12 @@ _CAMPAIGN = {
     "maxLength": MAX_NAME_LENGTH,
     "pattern": r"^[^\s\x00-\x1f\x7f]([^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f])?" + _END,
 }
+_LANE = {"type": "string", "enum": ["live", "bulk"], "description": "live (default) or bulk"}
 _TRANSFER = {
     "type": "object",
     "required": list(_REQUIRED_FIELDS),
     "additionalProperties": False,
-    "properties": {**_TRANSFER_FIELDS, "campaign": _optional(_CAMPAIGN)},
+    "properties": {**_TRANSFER_FIELDS, "campaign": _optional(_CAMPAIGN), "lane": _optional(_LANE)},
 }
 _BATCH_ITEM = {
     "type": "object",
@@ -185,6 +186,7 @@ _JOB = {
                 "failed",
                 "unknown",
                 "dead",
+                "superseded",
             ],
         },
         "reason": {"type": ["string", "null"]},
@@ -258,6 +260,7 @@ OPENAPI: dict[str, Any] = {
                                 "additionalProperties": False,
                                 "properties": {
                                     "campaign": _CAMPAIGN,
+                                    "lane": {**_LANE, "description": "bulk when a campaign is named, else live"},
                                     "transfers": {
                                         "type": "array",
                                         "maxItems": DEFAULT_MAX_BATCH,

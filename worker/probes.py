@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -16,23 +17,29 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from worker.config import Settings
 from worker.health import run_checks
 from worker.ledger import Ledger
-from worker.metrics import refresh_ledger_gauges
+from worker.metrics import refresh_ledger_gauges, set_queue_depths
 
 READY_TIMEOUT = 3.0
 
 
-def routes(settings: Settings, ledger: Ledger) -> list[web.RouteDef]:
+def routes(
+    settings: Settings, ledger: Ledger, queue_depths: Callable[[], dict[str, int | None]] | None = None
+) -> list[web.RouteDef]:
     async def metrics(_: web.Request) -> web.Response:
         # A ledger outage must not hide the process's own metrics: its gauges just keep their last values.
         with contextlib.suppress(Exception):
             await refresh_ledger_gauges(ledger)
+        if queue_depths is not None:
+            with contextlib.suppress(Exception):
+                set_queue_depths(await asyncio.wait_for(asyncio.to_thread(queue_depths), READY_TIMEOUT))
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def readyz(_: web.Request) -> web.Response:
-        checks = await asyncio.to_thread(run_checks, settings, READY_TIMEOUT)
+        # Not the "acs" check: under Entra ID it fetches a token, too often at a probe's rate.
+        checks = await asyncio.to_thread(run_checks, settings, READY_TIMEOUT, ("broker", "ledger"))
         ready = all(check.ok for check in checks)
         results = {check.name: {"ok": check.ok, "detail": check.detail} for check in checks}
         return web.json_response({"ready": ready, "checks": results}, status=200 if ready else 503)

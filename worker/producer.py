@@ -5,7 +5,8 @@ task code is imported here; messages go out by task name.
     job_id = enqueue_transfer(call_connection_id="...", target="4:+15551234567", idempotency_key="crm-123")
 
 A job exists once its ledger row is written; if publishing then fails, the sweeper publishes it later.
-Enqueueing the same idempotency key again returns the existing job and sends nothing again.
+Enqueueing the same idempotency key again for the same transfer returns the existing job and sends nothing
+again; the key with another call or request raises `IdempotencyConflict`.
 """
 
 from __future__ import annotations
@@ -21,12 +22,19 @@ from celery import Celery
 from worker.celery_app import create_app
 from worker.config import Settings
 from worker.errors import Issue, ValidationError
-from worker.ledger import Job, NewJob, SyncLedger
+from worker.ledger import Job, Lane, NewJob, SyncLedger
 from worker.logs import get_logger
 from worker.models import TransferRequest, job_id_for_key, new_request_id, parse_transfer, request_id_for_key
 from worker.publisher import Publisher
 
 log = get_logger(__name__)
+
+
+def check_lane(lane: str) -> str:
+    """`lane` if it names a lane, else ValueError saying which ones there are."""
+    if lane not in Lane.ALL:
+        raise ValueError(f"lane must be one of {', '.join(Lane.ALL)}, not {lane!r}")
+    return lane
 
 
 CALLBACK_PATH = "/v1/callbacks"
@@ -45,6 +53,7 @@ def prepare_job(
     campaign: str | None = None,
     callback_base_url: str | None = None,
     replay_of: str | None = None,
+    lane: str = Lane.LIVE,
 ) -> NewJob:
     """Freeze a validated request as a job: its id, its request id and the exact body bytes.
 
@@ -66,6 +75,7 @@ def prepare_job(
         campaign=campaign,
         operation_context=request.operation_context,
         replay_of=replay_of,
+        lane=check_lane(lane),
     )
 
 
@@ -95,6 +105,7 @@ class Producer:
         *,
         idempotency_key: str | None = None,
         campaign: str | None = None,
+        lane: str = Lane.LIVE,
     ) -> Enqueued:
         if not isinstance(request, TransferRequest):
             request = parse_transfer(request)
@@ -105,10 +116,11 @@ class Producer:
             idempotency_key=idempotency_key,
             campaign=campaign,
             callback_base_url=self.settings.callback_base_url,
+            lane=lane,
         )
         ((job, created),) = self.ledger.create_jobs([new_job])
         if created:
-            return Enqueued(job, created, self.publisher.publish_saved([job.id]))
+            return Enqueued(job, created, self.publisher.publish_saved([job]))
         log.info("job.exists", job_id=job.id, idempotency_key=idempotency_key, state=job.state)
         return Enqueued(job, created)
 
@@ -166,8 +178,11 @@ def enqueue_transfer(
     voip_headers: Mapping[str, str] | None = None,
     idempotency_key: str | None = None,
     campaign: str | None = None,
+    lane: str = Lane.LIVE,
 ) -> str:
-    """Validate and enqueue one transfer; returns the job id. Raises `ValidationError` naming each bad field."""
+    """Validate and enqueue one transfer; returns the job id. Raises `ValidationError` naming each bad field.
+
+    `lane`: ``"live"`` (a caller waits for this transfer; the default) or ``"bulk"`` (it may wait behind live work)."""
     message = transfer_message(
         call_connection_id,
         target,
@@ -178,4 +193,5 @@ def enqueue_transfer(
         sip_headers=sip_headers,
         voip_headers=voip_headers,
     )
-    return default_producer().enqueue(message, idempotency_key=idempotency_key, campaign=campaign).job_id
+    producer = default_producer()
+    return producer.enqueue(message, idempotency_key=idempotency_key, campaign=campaign, lane=lane).job_id

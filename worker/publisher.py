@@ -16,6 +16,7 @@ from kombu.exceptions import OperationalError as BrokerError
 
 from worker.broker import TASK_NAME, broker_kind, transfer_queue
 from worker.config import Settings
+from worker.ledger.schema import Job, Lane
 from worker.logs import get_logger
 
 log = get_logger(__name__)
@@ -51,51 +52,65 @@ class MessageTemplate:
 
 
 class Publisher:
-    """Sends job messages over the app's pooled broker connection (confirmed one by one on RabbitMQ)."""
+    """Sends job messages over the app's pooled broker connection (confirmed one by one on RabbitMQ), each to
+    its lane's queue."""
 
     def __init__(self, app: Celery, settings: Settings) -> None:
         self._app = app
-        self._queue = transfer_queue(settings)
+        self._queues = {lane: transfer_queue(settings, lane) for lane in Lane.ALL}
         self._kind = broker_kind(settings.broker_url)
         self.template = MessageTemplate(app)
 
-    def publish(self, job_ids: Iterable[str]) -> int:
+    def publish(self, job_ids: Iterable[str], lane: str = Lane.LIVE) -> int:
+        queue = self._queues[lane]
         count = 0
         with self._app.producer_or_acquire() as producer:
             for job_id in job_ids:
-                producer.publish(**self.template.message(job_id, self._queue.name), declare=[self._queue], retry=True)
+                producer.publish(**self.template.message(job_id, queue.name), declare=[queue], retry=True)
                 count += 1
         return count
 
-    def publish_saved(self, job_ids: list[str]) -> bool:
-        """Publish jobs just written to the ledger; False if the broker did not take them. A broker failure is
-        logged, not raised: the jobs exist, and the sweeper publishes them once the broker is back."""
-        if not job_ids:
+    def publish_jobs(self, jobs: Iterable[tuple[str, str]]) -> int:
+        """Publish (job id, lane) pairs, each into its lane."""
+        by_lane: dict[str, list[str]] = {}
+        for job_id, lane in jobs:
+            by_lane.setdefault(lane, []).append(job_id)
+        return sum(self.publish(job_ids, lane) for lane, job_ids in by_lane.items())
+
+    def publish_saved(self, jobs: Iterable[Job]) -> bool:
+        """Publish jobs just written to the ledger, except a paced campaign's (the dispatcher publishes those at
+        the campaign's rate); False if the broker did not take them. A broker failure is logged, not raised: the
+        jobs exist, and the sweeper publishes them once the broker is back."""
+        due = [(job.id, job.lane) for job in jobs if job.published_at is not None]
+        if not due:
             return True
         try:
-            self.publish(job_ids)
+            self.publish_jobs(due)
         except Exception as error:
             log.warning(
-                "job.publish_deferred", jobs=len(job_ids), first=job_ids[0], error=f"{type(error).__name__}: {error}"
+                "job.publish_deferred", jobs=len(due), first=due[0][0], error=f"{type(error).__name__}: {error}"
             )
             return False
         return True
 
-    def queue_depth(self) -> int | None:
-        """Messages ready in the transfer queue, or None when the broker cannot tell."""
+    def queue_depths(self) -> dict[str, int | None]:
+        """Messages ready in each lane's queue (None where the broker cannot tell)."""
+        return {lane: self.queue_depth(lane) for lane in Lane.ALL}
+
+    def queue_depth(self, lane: str = Lane.LIVE) -> int | None:
+        """Messages ready in a lane's queue, or None when the broker cannot tell."""
+        queue = self._queues[lane]
         try:
             with self._app.connection_for_write() as connection:
                 channel: Any = connection.default_channel
-                declared = channel.queue_declare(
-                    queue=self._queue.name, passive=True, arguments=self._queue.queue_arguments
-                )
+                declared = channel.queue_declare(queue=queue.name, passive=True, arguments=queue.queue_arguments)
                 return int(declared.message_count)
         except BrokerError:
             return None
         except ChannelError as error:
-            if self._kind == "redis":
-                # Redis keeps a queue as a list and drops an empty list, so a passive declare of an empty queue
-                # says "no queue": that is zero messages waiting (and the sweeper may re-publish lost ones).
+            if self._kind == "redis" or getattr(error, "code", None) == 404:
+                # No such queue: nothing waits in it (a message published to it was dropped). Redis keeps a
+                # queue as a list and drops an empty list, so it says so of any empty queue.
                 return 0
             log.debug("broker.queue_depth_unknown", error=str(error))
             return None

@@ -1,4 +1,4 @@
-"""Token buckets: pacing transfers globally (all workers on all hosts) and per campaign.
+"""Token buckets: pacing transfers globally (all workers on all hosts), and campaigns at dispatch.
 
 Each bucket is a GCRA ("generic cell rate algorithm") token bucket: one number per key, the *theoretical
 arrival time* of the next token, so a take is one read and one write. A take *reserves*: it returns how long
@@ -11,8 +11,8 @@ Two implementations with the same behaviour:
   worker on every host shares one bucket and host clocks do not matter. If Redis cannot be reached the
   process falls back to its local buckets (and logs it) rather than stopping all sending.
 
-`Pacer` decides which buckets a job's attempt needs (its campaign's, then the global one) and is what the send
-logic uses; `Unlimited` is the no-op default when nothing is configured.
+`Pacer` takes the global bucket's token for each attempt, retries first, and is what the send logic uses;
+`Unlimited` is the no-op default when no global limit is configured.
 """
 
 from __future__ import annotations
@@ -206,10 +206,10 @@ class Limiter(Protocol):
 
     @property
     def paces_every_job(self) -> bool:
-        """A global limit: every attempt needs a token, campaign or not."""
+        """A global limit: every attempt needs a token."""
         ...
 
-    async def acquire(self, campaign: str | None, max_wait: float | None, wait: Wait) -> Turn: ...
+    async def acquire(self, retry: bool, max_wait: float | None, wait: Wait) -> Turn: ...
 
     async def throttled(self, retry_after: float | None) -> None: ...
 
@@ -222,7 +222,7 @@ class Unlimited:
     enabled = False
     paces_every_job = False
 
-    async def acquire(self, campaign: str | None, max_wait: float | None, wait: Wait) -> Turn:
+    async def acquire(self, retry: bool, max_wait: float | None, wait: Wait) -> Turn:
         return Turn.GRANTED
 
     async def throttled(self, retry_after: float | None) -> None:
@@ -234,99 +234,54 @@ class Unlimited:
 
 #: how long a 429 without a retry hint pauses the global bucket
 DEFAULT_THROTTLE_PAUSE = 1.0
+#: how far ahead a first attempt may reserve a global token (see `Pacer`)
+FIRST_ATTEMPT_AHEAD = 1.0
 
 
 class Pacer:
-    """The global limit plus per-campaign rates, over one set of buckets.
+    """The global limit (the ACS resource's own), taken by every attempt.
 
-    An attempt takes its campaign's token first and only then, once that token is due, the global one: a
-    global token is never held while waiting on a slow campaign, so one paced campaign cannot hold back the
-    rest of the traffic. A campaign's rate is looked up through `campaign_rate` (the ledger) and cached for
-    `cache_ttl` seconds, so a rate changed by a later ``submit --rate`` reaches running workers within that
-    time without a query per job. Campaign buckets hold one token (smooth pacing); the global one `burst`.
+    A campaign's pace is not taken here: the dispatcher (`worker.dispatcher`) publishes a paced campaign's jobs
+    at its rate, so no worker slot waits for a campaign. Retries go before first attempts: a first attempt may
+    reserve a token at most `first_attempt_ahead` seconds ahead (else it waits half that and asks again), while a
+    retry reserves the next free token, however far, within its repeatability window. However many first
+    attempts wait, a retry is never more than `first_attempt_ahead` behind them.
     """
 
     enabled = True
+    paces_every_job = True
 
-    def __init__(
-        self,
-        buckets: Buckets,
-        global_limit: Limit | None,
-        campaign_rate: Callable[[str], Awaitable[float | None]],
-        cache_ttl: float = 5.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, buckets: Buckets, global_limit: Limit, first_attempt_ahead: float = FIRST_ATTEMPT_AHEAD) -> None:
         self.buckets = buckets
         self.global_limit = global_limit
-        self._campaign_rate = campaign_rate
-        self._cache_ttl = cache_ttl
-        self._clock = clock
-        self._rates: dict[str, tuple[float | None, float]] = {}
+        self.first_attempt_ahead = first_attempt_ahead
 
-    @property
-    def paces_every_job(self) -> bool:
-        return self.global_limit is not None
-
-    async def limits_for(self, campaign: str | None) -> list[Limit]:
-        """The buckets an attempt takes from, in order."""
-        limits = []
-        if campaign is not None:
-            rate = await self._rate(campaign)
-            if rate:
-                limits.append(Limit(f"campaign:{campaign}", rate))
-        if self.global_limit is not None:
-            limits.append(self.global_limit)
-        return limits
-
-    async def _rate(self, campaign: str) -> float | None:
-        now = self._clock()
-        cached = self._rates.get(campaign)
-        if cached is not None and cached[1] > now:
-            return cached[0]
-        try:
-            rate = await self._campaign_rate(campaign)
-        except Exception as error:
-            # Keep pacing at the last known rate rather than failing the job over a lookup.
-            log.warning("ratelimit.campaign_lookup_failed", campaign=campaign, error=f"{type(error).__name__}: {error}")
-            rate = cached[0] if cached is not None else None
-        self._rates[campaign] = (rate, now + self._cache_ttl)
-        return rate
-
-    async def acquire(self, campaign: str | None, max_wait: float | None, wait: Wait) -> Turn:
-        """Take every token the attempt needs, waiting (through `wait`) as long as each asks, but no longer
-        than `max_wait` in all."""
-        started = self._clock()
-        for limit in await self.limits_for(campaign):
-            remaining = None if max_wait is None else max_wait - (self._clock() - started)
-            if remaining is not None and remaining < 0:
+    async def acquire(self, retry: bool, max_wait: float | None, wait: Wait) -> Turn:
+        """Take the attempt's token, waiting (through `wait`) as long as it asks, but no longer than
+        `max_wait` (what is left of a retry's window)."""
+        while True:
+            allowed = max_wait if retry else self.first_attempt_ahead
+            delay = await self.buckets.reserve(self.global_limit, allowed)
+            if delay is not None:
+                return Turn.GRANTED if delay <= 0 or await wait(delay) else Turn.ABANDONED
+            if retry:
                 return Turn.TOO_LATE
-            delay = await self.buckets.reserve(limit, remaining)
-            if delay is None:
-                return Turn.TOO_LATE
-            if delay > 0 and not await wait(delay):
+            if not await wait(self.first_attempt_ahead / 2):
                 return Turn.ABANDONED
-        return Turn.GRANTED
 
     async def throttled(self, retry_after: float | None) -> None:
         """ACS answered 429: hold the global bucket (the ACS resource's limit) for the time it asked."""
-        if self.global_limit is not None:
-            pause = retry_after if retry_after is not None and math.isfinite(retry_after) else DEFAULT_THROTTLE_PAUSE
-            await self.buckets.pause(self.global_limit, pause)
+        pause = retry_after if retry_after is not None and math.isfinite(retry_after) else DEFAULT_THROTTLE_PAUSE
+        await self.buckets.pause(self.global_limit, pause)
 
     async def close(self) -> None:
         await self.buckets.close()
 
 
-def build_limiter(
-    rate: float,
-    burst: float,
-    redis_url: str | None,
-    prefix: str,
-    campaign_rate: Callable[[str], Awaitable[float | None]],
-) -> Pacer:
-    """The worker's limiter: shared through Redis when `redis_url` is set, per process otherwise.
-
-    Always a `Pacer`, even without a global rate, since any campaign may carry a rate of its own."""
-    global_limit = Limit("global", rate, burst or max(1.0, rate)) if rate > 0 else None
+def build_limiter(rate: float, burst: float, redis_url: str | None, prefix: str) -> Limiter:
+    """The worker's limiter: none without RATE_LIMIT; shared through Redis when `redis_url` is set, per process
+    otherwise."""
+    if rate <= 0:
+        return Unlimited()
     buckets: Buckets = RedisBuckets(redis_url, prefix) if redis_url else LocalBuckets()
-    return Pacer(buckets, global_limit, campaign_rate)
+    return Pacer(buckets, Limit("global", rate, burst or max(1.0, rate)))

@@ -35,9 +35,13 @@ def replay(
     if request.callback_uri is not None and request.callback_uri.endswith(ours):
         request = request.with_callback_uri(None)
     new_job = prepare_job(
-        request, campaign=original.campaign, callback_base_url=callback_base_url, replay_of=original.id
+        request,
+        campaign=original.campaign,
+        callback_base_url=callback_base_url,
+        replay_of=original.id,
+        lane=original.lane,
     )
     replacement = ledger.run(op_replay, original.id, new_job, reason, time.time())
-    publisher.publish([replacement.id])
+    publisher.publish_jobs([(replacement.id, replacement.lane)] if replacement.published_at is not None else [])
     was_unknown = any(event.to_state == State.UNKNOWN for event in ledger.events(original.id))
     return Replayed(ledger.get(original.id), replacement, was_unknown)

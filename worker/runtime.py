@@ -1,4 +1,5 @@
-"""The per-process runtime: one event loop thread, one aiohttp session, one ledger pool, one sweeper.
+"""The per-process runtime: one event loop thread, one aiohttp session, one ledger pool, one sweeper and one
+dispatcher (each doing work only while it holds its lease in the ledger).
 
 Celery's threads pool runs many tasks at once; each hands its coroutine to this loop and waits, so one process
 keeps many requests in flight over one connection pool. Created lazily after fork, never per task.
@@ -19,9 +20,10 @@ from aiohttp import web
 
 from worker import probes
 from worker.acs import AcsClient
-from worker.campaign import op_campaign_rate
 from worker.celery_app import create_app
-from worker.config import Settings
+from worker.config import AcsCredentials, Settings
+from worker.dispatcher import Dispatcher
+from worker.entra import AccessTokens, default_credential
 from worker.ledger import Ledger
 from worker.logs import get_logger, register_secret
 from worker.publisher import Publisher
@@ -43,6 +45,7 @@ class Runtime:
         self._thread = threading.Thread(target=self._loop.run_forever, name="acs-transfer-loop", daemon=True)
         self._context: Context | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._dispatcher: asyncio.Task[None] | None = None
         self._probes: web.AppRunner | None = None
 
     def start(self, sweep: bool = True) -> None:
@@ -51,41 +54,43 @@ class Runtime:
         log.info("worker.started", worker_id=self.worker_id, settings=repr(self.settings))
 
     async def _open(self, sweep: bool) -> None:
-        credentials = self.settings.acs
-        register_secret(credentials.access_key)
-        register_secret(self.settings.acs_connection_string)
-        client = AcsClient(
-            credentials,
-            self.settings.api_version,
-            self.settings.connect_timeout,
-            self.settings.request_timeout,
-            self.settings.max_connections,
-        )
+        client = self._acs_client()
         ledger = await Ledger.open(self.settings.ledger_url)
-        self._context = Context(self.settings, ledger, client, self.worker_id, limiter=self._limiter(ledger))
+        self._context = Context(
+            self.settings, ledger, client, self.worker_id, limiter=self._limiter(), authorize=client.authorize
+        )
         if self.settings.worker_metrics_port:
             await self._serve_probes(ledger)
         if sweep:
-            self._sweeper = asyncio.get_running_loop().create_task(
-                run_sweeper(self._context, self.publisher.publish, self.publisher.queue_depth)
+            loop = asyncio.get_running_loop()
+            self._sweeper = loop.create_task(
+                run_sweeper(self._context, self.publisher.publish_jobs, self.publisher.queue_depths)
             )
+            self._dispatcher = loop.create_task(Dispatcher(self._context, self.publisher.publish_jobs).run())
 
-    def _limiter(self, ledger: Ledger) -> Limiter:
-        async def campaign_rate(name: str) -> float | None:
-            return await ledger.run(op_campaign_rate, name)
+    def _acs_client(self) -> AcsClient:
+        """The ACS client; under Microsoft Entra ID its credential is made here, on this loop, and closed with it."""
+        auth = self.settings.acs_auth
+        if isinstance(auth, AcsCredentials):
+            register_secret(auth.access_key)
+            register_secret(self.settings.acs_connection_string)
+        tokens = None if isinstance(auth, AcsCredentials) else AccessTokens(default_credential())
+        settings = self.settings
+        timeouts = (settings.connect_timeout, settings.request_timeout)
+        return AcsClient(auth, settings.api_version, *timeouts, settings.max_connections, tokens)
 
+    def _limiter(self) -> Limiter:
         settings = self.settings
         return build_limiter(
             settings.rate_limit,
             settings.rate_limit_burst,
             settings.rate_limit_redis_url,
             f"acs-transfer:rate:{settings.queue}",
-            campaign_rate,
         )
 
     async def _serve_probes(self, ledger: Ledger) -> None:
         app = web.Application()
-        app.add_routes(probes.routes(self.settings, ledger))
+        app.add_routes(probes.routes(self.settings, ledger, self.publisher.queue_depths))
         self._probes = web.AppRunner(app, access_log=None)
         await self._probes.setup()
         await web.TCPSite(self._probes, self.settings.serve_host, self.settings.worker_metrics_port).start()
@@ -104,8 +109,9 @@ class Runtime:
         return self.submit(coroutine).result()
 
     async def _close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        for task in (self._sweeper, self._dispatcher):
+            if task is not None:
+                task.cancel()
         if self._probes is not None:
             await self._probes.cleanup()
         if self._context is not None:

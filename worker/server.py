@@ -43,7 +43,7 @@ async def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=settings.intake_max_body, middlewares=[intake.json_errors])
     app.add_routes(callbacks.routes(ledger, verifier))
     app.add_routes(intake.routes(settings, ledger, publisher))
-    app.add_routes(probes.routes(settings, ledger))
+    app.add_routes(probes.routes(settings, ledger, publisher.queue_depths))
     if not settings.intake_tokens:
         log.warning("intake.disabled", detail="INTAKE_TOKENS is not set: every intake request is refused")
 

@@ -2,8 +2,11 @@
 
 Two cases: a job held by a worker whose lease ran out (the worker died mid-job; its message may have been
 acknowledged, dropped or redelivered while the lease was still live), and a job still queued long after it
-was published while the queue is empty (the broker lost the message). One worker sweeps at a time, under a
-lease in the ledger; a re-published job that turns out to be alive is skipped by the claim.
+was published (the broker lost the message): REPUBLISH_AFTER once its lane's queue is empty, and
+REPUBLISH_QUEUED_AFTER whatever the queue holds, so a lost message never waits behind a busy queue for long.
+Each job goes back into its own lane. A paced campaign's job not yet dispatched is the dispatcher's. One
+worker sweeps at a time, under a lease in the ledger; a re-published job that turns out to be alive is skipped
+by the claim.
 
 The same pass reconciles: a job whose outcome became unknown (the repeatability window closed without a final
 answer, or 412) and for which no outcome event arrived within `reconcile_after` goes to ``dead`` for an
@@ -37,8 +40,8 @@ PRUNE_BATCHES = 10  # per pass: 10,000 rows, each batch its own short transactio
 
 async def sweep_once(
     ctx: Context,
-    publish: Callable[[Iterable[str]], int],
-    queue_depth: Callable[[], int | None],
+    publish: Callable[[Iterable[tuple[str, str]]], int],
+    queue_depths: Callable[[], dict[str, int | None]],
     prune: bool = False,
 ) -> tuple[int, bool]:
     """One pass; returns how many jobs were re-published, and whether finished jobs remain to be pruned."""
@@ -46,15 +49,19 @@ async def sweep_once(
     now = ctx.clock()
     if not await ctx.ledger.run(op_take_lease, SWEEP_LEASE, ctx.worker_id, now, now + 3 * settings.sweep_interval):
         return 0, False
-    depth = await asyncio.to_thread(queue_depth)
-    # With messages still waiting, a queued job is most likely among them: re-publish only held jobs then.
-    include_queued = depth == 0
-    due = await ctx.ledger.run(op_due_for_publish, now, now - settings.republish_after, include_queued, BATCH)
+    depths = await asyncio.to_thread(queue_depths)
+    # With messages still waiting in its lane, a queued job is most likely among them: re-publish it only once
+    # it has waited REPUBLISH_QUEUED_AFTER.
+    queued_before = {
+        lane: now - (settings.republish_after if depth == 0 else settings.republish_queued_after)
+        for lane, depth in depths.items()
+    }
+    due = await ctx.ledger.run(op_due_for_publish, now, now - settings.republish_after, queued_before, BATCH)
     if due:
-        await asyncio.to_thread(publish, [job_id for job_id, _ in due])
-        held = sum(1 for _, state in due if state != State.QUEUED)
+        await asyncio.to_thread(publish, [(job_id, lane) for job_id, _, lane in due])
+        held = sum(1 for _, state, _ in due if state != State.QUEUED)
         log.warning(
-            "sweeper.republished", jobs=len(due), expired_leases=held, queued=len(due) - held, queue_depth=depth
+            "sweeper.republished", jobs=len(due), expired_leases=held, queued=len(due) - held, queue_depths=depths
         )
     await reconcile_unknown(ctx)
     backlog = prune and await prune_finished(ctx)
@@ -94,8 +101,8 @@ async def reconcile_unknown(ctx: Context) -> int:
 
 async def run_sweeper(
     ctx: Context,
-    publish: Callable[[Iterable[str]], int],
-    queue_depth: Callable[[], int | None],
+    publish: Callable[[Iterable[tuple[str, str]]], int],
+    queue_depths: Callable[[], dict[str, int | None]],
 ) -> None:
     """Sweep every `sweep_interval` seconds until cancelled; errors are logged, never fatal."""
     retention = ctx.settings.job_retention_days * 86400
@@ -104,7 +111,7 @@ async def run_sweeper(
         started = time.monotonic()
         prune = started >= next_prune
         try:
-            swept, backlog = await sweep_once(ctx, publish, queue_depth, prune)
+            swept, backlog = await sweep_once(ctx, publish, queue_depths, prune)
         except asyncio.CancelledError:
             raise
         except Exception as error:

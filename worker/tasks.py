@@ -1,7 +1,8 @@
 """The Celery layer, kept thin: bind log context, hand the message to the process's event loop, wait.
 
-Infrastructure failures (ledger or broker unreachable) retry the message later instead of acknowledging it
-away; everything about the job itself is decided in `worker.transfer`.
+Infrastructure failures (any ledger error, the network, no Entra ID token for ACS) retry the message later,
+with Celery's capped exponential backoff and full jitter (so workers do not retry in lockstep after an outage),
+never acknowledging it away; everything about the job itself is decided in `worker.transfer`.
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ from typing import Any
 
 import structlog
 from celery import Task, signals
-from sqlalchemy.exc import DBAPIError
 
 from worker.broker import TASK_NAME
 from worker.celery_app import app
 from worker.config import Settings
+from worker.entra import TokenUnavailable, check_token
+from worker.ledger import LEDGER_ERRORS, Lane
 from worker.logs import configure, get_logger
 from worker.messages import handle_message
 from worker.runtime import get_runtime, stop_runtime
@@ -27,6 +29,20 @@ _MAX_INFRA_BACKOFF = 60
 def _configure_logging(**_: Any) -> None:
     settings = Settings.from_env()
     configure(settings.log_level, settings.log_format)
+
+
+@signals.worker_init.connect
+def _check_entra_credential(**_: Any) -> None:
+    """Under Microsoft Entra ID, refuse to start (one line, exit 1) unless a token for ACS can be had."""
+    settings = Settings.from_env()
+    if not settings.acs_endpoint:
+        return
+    try:
+        detail = check_token(settings.request_timeout)
+    except TokenUnavailable as error:
+        log.error("worker.refused", reason=str(error))
+        raise SystemExit(1) from None
+    log.info("worker.credential", detail=detail)
 
 
 @signals.worker_ready.connect
@@ -45,15 +61,27 @@ def _bind_task_context(task_id: str | None = None, **_: Any) -> None:
     structlog.contextvars.bind_contextvars(task_id=task_id)
 
 
-@app.task(name=TASK_NAME, bind=True, acks_late=True, ignore_result=True)
+@signals.task_retry.connect
+def _log_retry(request: Any = None, reason: object = None, **_: Any) -> None:
+    first_line = str(reason).partition("\n")[0]  # a database error goes on with the whole statement
+    log.error("task.infrastructure_error", error=f"{type(reason).__name__}: {first_line}", retries=request.retries)
+
+
+@app.task(
+    name=TASK_NAME,
+    bind=True,
+    acks_late=True,
+    ignore_result=True,
+    autoretry_for=(*LEDGER_ERRORS, TokenUnavailable),
+    max_retries=None,
+    retry_backoff=True,
+    retry_backoff_max=_MAX_INFRA_BACKOFF,
+    retry_jitter=True,
+)
 def transfer(self: Task[Any, Any], *args: Any, **kwargs: Any) -> str | None:
     runtime = get_runtime()
     task_id = str(self.request.id)
-    try:
-        job = runtime.run(handle_message(runtime.context, task_id, args, kwargs))
-    except (DBAPIError, OSError) as error:
-        retries = int(self.request.retries or 0)
-        countdown = min(_MAX_INFRA_BACKOFF, 2**retries)
-        log.error("task.infrastructure_error", error=f"{type(error).__name__}: {error}", retry_in=countdown)
-        raise self.retry(exc=error, countdown=countdown, max_retries=None) from error
+    arrived_on = (self.request.delivery_info or {}).get("routing_key")
+    lane = Lane.BULK if arrived_on == runtime.settings.bulk_queue != runtime.settings.queue else Lane.LIVE
+    job = runtime.run(handle_message(runtime.context, task_id, args, kwargs, lane))
     return job.state if job is not None else None

@@ -31,6 +31,7 @@ def job_view(job: Job) -> dict[str, Any]:
         "call_connection_id": job.call_connection_id,
         "operation_context": job.operation_context,
         "campaign": job.campaign,
+        "lane": job.lane,
         "idempotency_key": job.idempotency_key,
         "request_id": job.request_id,
         "first_sent": http_date(job.first_sent) if job.first_sent is not None else None,

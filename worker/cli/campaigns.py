@@ -226,6 +226,8 @@ def _write_report(ledger: SyncLedger, name: str, path: Path) -> None:
 
 def _table(progress: Progress) -> list[str]:
     lines = [f"  {state:<16}{progress.counts.get(state, 0):>10}" for state in State.ALL]
+    if progress.awaiting_dispatch:
+        lines[0] += f"   {progress.awaiting_dispatch} awaiting dispatch at the campaign's rate"
     share = 100.0 * progress.final / progress.total if progress.total else 0.0
     lines.append(
         f"  {'total':<16}{progress.total:>10}   final {progress.final} ({share:.1f}%), awaiting an outcome event "
@@ -246,4 +248,5 @@ def _document(name: str, progress: Progress) -> dict[str, object]:
         "final": progress.final,
         "rate": round(progress.rate, 3),
         "window": progress.window,
+        "awaiting_dispatch": progress.awaiting_dispatch,
     }

@@ -13,32 +13,45 @@ from sqlalchemy.engine import Connection
 from worker.cli.common import settings
 from worker.cli.jobs import show_job
 from worker.errors import JobNotFound, ReplayRefused
-from worker.ledger import State, SyncLedger, dead_messages, op_dead_messages, op_jobs_in_states
+from worker.ledger import (
+    State,
+    SyncLedger,
+    dead_messages,
+    op_dead_messages,
+    op_jobs_in_states,
+    op_replays_sent_twice,
+)
 
 
 @click.group()
 def dead() -> None:
-    """Jobs that need an operator: dead (outcome never known) and failed (ACS refused them); and messages that
-    were not jobs at all (dead messages)."""
+    """Jobs that need an operator: dead (outcome never known), failed (ACS refused them), and replayed jobs
+    that turned out transferred after their replay was sent; and messages that were not jobs at all (dead
+    messages)."""
 
 
 @dead.command("list")
 @click.option("--campaign", help="Only jobs of this campaign.")
 @click.option("--limit", default=200, show_default=True, help="At most this many, most recent first.")
 def list_jobs(campaign: str | None, limit: int) -> None:
-    """List dead and failed jobs with ACS's error code and message, or why they died."""
+    """List dead and failed jobs with ACS's error code and message, or why they died; then replayed jobs that
+    turned out transferred after their replay was sent (the call may have been transferred twice)."""
     ledger = SyncLedger(settings().ledger_url)
     try:
         found = ledger.run(op_jobs_in_states, State.REPLAYABLE, campaign, limit)
+        doubled = ledger.run(op_replays_sent_twice, campaign, limit)
     finally:
         ledger.close()
     if not found:
         click.echo("no failed or dead jobs")
-        return
     for job in found:
         answer = last_answer(job.last_status, job.last_error)
         replayed = f"  replayed as {job.replayed_by}" if job.replayed_by else ""
         click.echo(f"{job.id}  {job.state:<6}  {job.call_connection_id}  {answer}  {job.reason or ''}{replayed}")
+    if doubled:
+        click.echo("transferred after their replay was sent (check whether the call was transferred twice):")
+    for job in doubled:
+        click.echo(f"{job.id}  {job.state}  {job.call_connection_id}  replayed as {job.replayed_by}  {job.reason}")
 
 
 def last_answer(status: int | None, error: str | None) -> str:

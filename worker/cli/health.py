@@ -1,4 +1,5 @@
-"""`acs-transfer healthcheck`: the container's HEALTHCHECK, exit 0 when the broker and the ledger answer, else 1."""
+"""`acs-transfer healthcheck`: the container's HEALTHCHECK, exit 0 when the broker, the ledger and ACS
+authentication pass, else 1."""
 
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ from worker.cli.common import settings
     "--check",
     "names",
     multiple=True,
-    type=click.Choice(["broker", "ledger"]),
+    type=click.Choice(["broker", "ledger", "acs"]),
     help="Run only this check (repeatable); default: all.",
 )
 def healthcheck(timeout: float, names: tuple[str, ...]) -> None:
-    """Check that the broker (CELERY_BROKER_URL) and the ledger (LEDGER_URL) answer; exit 0 if both do, else 1."""
+    """Check that the broker (CELERY_BROKER_URL) and the ledger (LEDGER_URL) answer, and say how ACS is
+    authenticated (getting a token under Microsoft Entra ID); exit 0 if all pass, else 1."""
     from worker.health import CHECKS, run_checks  # noqa: PLC0415 - kombu and SQLAlchemy only for this command
 
     results = run_checks(settings(), timeout, names or tuple(CHECKS))

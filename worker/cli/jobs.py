@@ -23,8 +23,17 @@ from worker.views import history_view, job_view
 @click.option("--source-caller-id", help="Caller id shown to a PSTN target, +E.164.")
 @click.option("--sip-header", multiple=True, metavar="K=V", help="X-MS-Custom-* or User-To-User SIP header.")
 @click.option("--voip-header", multiple=True, metavar="K=V", help="VoIP custom header.")
-@click.option("--idempotency-key", help="Same key, same job: enqueueing again sends nothing again.")
+@click.option(
+    "--idempotency-key", help="Same key, same transfer: one job, sent once; reused for another call: refused."
+)
 @click.option("--campaign", help="Group the job under a campaign name.")
+@click.option(
+    "--lane",
+    type=click.Choice(["live", "bulk"]),
+    default="live",
+    show_default=True,
+    help="live: a caller waits for it; bulk: it may wait behind live work.",
+)
 def enqueue(
     call_connection_id: str,
     target: str,
@@ -36,6 +45,7 @@ def enqueue(
     voip_header: Sequence[str],
     idempotency_key: str | None,
     campaign: str | None,
+    lane: str,
 ) -> None:
     """Enqueue one transfer and print its job id."""
     from worker.producer import Producer, transfer_message  # noqa: PLC0415 - keeps the other commands light
@@ -52,7 +62,7 @@ def enqueue(
     )
     producer = Producer(settings())
     try:
-        result = producer.enqueue(message, idempotency_key=idempotency_key, campaign=campaign)
+        result = producer.enqueue(message, idempotency_key=idempotency_key, campaign=campaign, lane=lane)
     except ValidationError as error:
         for issue in error.issues:
             click.echo(f"error: {issue}", err=True)

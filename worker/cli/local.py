@@ -19,14 +19,35 @@ from worker.config import AcsCredentials
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="Serve https with this certificate.")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="Private key of --tls-cert.")
 @click.option("--faults", "faults_file", type=click.File(), help="Initial fault plan (JSON, as PUT /_emulator/faults).")
-def emulator(host: str, port: int, tls_cert: str | None, tls_key: str | None, faults_file: Any) -> None:
+@click.option(
+    "--entra-client",
+    "entra_clients",
+    multiple=True,
+    metavar="CLIENT_ID=SECRET",
+    help="Issue Microsoft Entra ID tokens to this client (repeatable); azure-identity needs --tls-cert for it.",
+)
+@click.option("--token-lifetime", default=3600, show_default=True, type=click.IntRange(min=1), help="Seconds.")
+def emulator(
+    host: str,
+    port: int,
+    tls_cert: str | None,
+    tls_key: str | None,
+    faults_file: Any,
+    entra_clients: tuple[str, ...],
+    token_lifetime: int,
+) -> None:
     """Run the local ACS emulator, verifying signatures with the key in ACS_CONNECTION_STRING (without it, with a
-    key made for this run, printed as the connection string to use)."""
+    key made for this run, printed as the connection string to use) and the Microsoft Entra ID tokens it issues
+    to --entra-client clients."""
     import ssl  # noqa: PLC0415
 
     from worker.emulator import EmulatorConfig, FaultPlan, run_emulator  # noqa: PLC0415
     from worker.emulator.config import DEFAULT_RESOURCE_ID  # noqa: PLC0415
+    from worker.emulator.entra import EntraConfig  # noqa: PLC0415
 
+    clients = dict(client.partition("=")[::2] for client in entra_clients)
+    if not all(clients) or not all(clients.values()):
+        raise click.BadParameter("each must be CLIENT_ID=SECRET", param_hint="--entra-client")
     config = settings()
     scheme = "https" if tls_cert else "http"
     reachable = f"{scheme}://{'127.0.0.1' if host in {'0.0.0.0', '::', ''} else host}:{port}"  # noqa: S104
@@ -34,8 +55,9 @@ def emulator(host: str, port: int, tls_cert: str | None, tls_key: str | None, fa
         key = config.acs.access_key
     else:
         key = secrets.token_bytes(32)
-        click.echo("ACS_CONNECTION_STRING is not set: this emulator made a key for this run.", err=True)
-        click.echo(f"export ACS_CONNECTION_STRING='{AcsCredentials(reachable, key).connection_string()}'")
+        if not clients:
+            click.echo("ACS_CONNECTION_STRING is not set: this emulator made a key for this run.", err=True)
+            click.echo(f"export ACS_CONNECTION_STRING='{AcsCredentials(reachable, key).connection_string()}'")
     # What `acs-transfer serve` needs to verify this emulator's signed outcome events.
     click.echo(f"export ACS_RESOURCE_ID={DEFAULT_RESOURCE_ID} CALLBACK_JWKS_URL={reachable}/calling/keys")
     click.echo(
@@ -47,8 +69,11 @@ def emulator(host: str, port: int, tls_cert: str | None, tls_key: str | None, fa
     if tls_cert:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(tls_cert, tls_key)
+    entra = EntraConfig(clients=clients, token_lifetime=token_lifetime)
+    if clients:
+        click.echo(f"Microsoft Entra ID authority {reachable}, tenant {entra.tenant_id}", err=True)
     try:
-        run_emulator(EmulatorConfig(access_key=key, faults=faults), host, port, ssl_context=context)
+        run_emulator(EmulatorConfig(access_key=key, faults=faults, entra=entra), host, port, ssl_context=context)
     except OSError as error:
         if error.errno not in LISTEN_ERRORS:
             raise

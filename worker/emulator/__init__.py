@@ -1,8 +1,9 @@
 """A local Azure Communication Services emulator for Call Automation "Transfer To Participant".
 
-Implements ``POST /calling/callConnections/{id}:transferToParticipant`` as ACS documents it (HMAC auth,
-api-version, swagger body schema, the repeatability contract) plus a fault plan, an effects ledger and a
-request log under ``/_emulator/*``, so tests, the demo and benchmarks can run against it instead of ACS.
+Implements ``POST /calling/callConnections/{id}:transferToParticipant`` as ACS documents it (HMAC auth or a
+Microsoft Entra ID token from its own token endpoint, api-version, swagger body schema, the repeatability
+contract) plus a fault plan, an effects ledger and a request log under ``/_emulator/*``, so tests, the demo and
+benchmarks can run against it instead of ACS.
 
     emulator = await start_emulator(EmulatorConfig(access_key=key))
     ...  # send requests to emulator.url

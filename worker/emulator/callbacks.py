@@ -5,7 +5,9 @@ event, and ``Authorization: Bearer <JWT>`` (RS256, a new token per event, 5-minu
 audience as configured). The signing key is made at start; its public half is served as a JWKS at
 ``/calling/keys`` so a receiver verifies exactly as in production.
 
-Which transfers fail, and how events are delayed, duplicated or dropped, is the fault plan's `CallbackPlan`.
+Which transfers fail, and how events are delayed, come early, twice or never, is the fault plan's
+`CallbackPlan`; `CallbackSender.decide` draws it for one execution (from the plan's seed, per call, request id
+and execution, so the same transfer gets the same fate in every run with that seed).
 """
 
 from __future__ import annotations
@@ -89,6 +91,17 @@ def transfer_event(
     }
 
 
+@dataclass(frozen=True)
+class EventFate:
+    """What happens to the outcome of one execution: whether the transfer fails, and how its event travels."""
+
+    failed: bool
+    dropped: bool = False
+    early: bool = False  # delivered before the 202 is answered
+    delay: float = 0.0
+    copies: int = 1
+
+
 @dataclass
 class Delivery:
     """One POST of an event: where, what, and what the receiver answered (None: not reached)."""
@@ -98,6 +111,7 @@ class Delivery:
     event_id: str
     event_type: str
     call_connection_id: str
+    request_id: str | None = None
     status: int | None = None
     error: str | None = None
 
@@ -108,6 +122,7 @@ class Delivery:
             "eventId": self.event_id,
             "type": self.event_type,
             "callConnectionId": self.call_connection_id,
+            "requestId": self.request_id,
             "status": self.status,
             "error": self.error,
         }
@@ -119,31 +134,79 @@ class CallbackSender:
     def __init__(self, signer: CallbackSigner) -> None:
         self.signer = signer
         self.deliveries: list[Delivery] = []
+        self._deliveries_by_call: dict[str, list[Delivery]] = {}
+        #: events never posted on purpose (``drop_rate``): callConnectionId, requestId, type
+        self.dropped: list[dict[str, Any]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
+        self._seed: int | None = None
         self._random = random.Random()
 
+    @property
+    def pending(self) -> int:
+        """Events scheduled or on their way: an audit waits for these before judging."""
+        return len(self._tasks)
+
     def reseed(self, seed: int | None) -> None:
+        self._seed = seed
         self._random = random.Random(seed)
 
-    def schedule(self, plan: CallbackPlan, body: Mapping[str, Any], call_connection_id: str) -> None:
+    def decide(
+        self,
+        plan: CallbackPlan,
+        call_connection_id: str,
+        request_id: str | None,
+        execution: int,
+        answer_hidden: bool = False,
+    ) -> EventFate:
+        """The fate of one execution's outcome; seeded per transfer, so arrival order does not change it.
+        Whether the transfer fails is drawn per request id (executed again, it fails again)."""
+        rng = fails = self._random
+        if self._seed is not None:
+            rng = random.Random(f"{self._seed}/{call_connection_id}/{request_id}/{execution}")
+            fails = random.Random(f"{self._seed}/{call_connection_id}/{request_id}")
+        failed = fails.random() < plan.fail_rate or call_connection_id in plan.fail_calls
+        dropped = rng.random() < plan.drop_rate and not (answer_hidden and plan.drop_answered_only)
+        early = rng.random() < plan.early_rate
+        late = rng.random() < plan.late_rate
+        copies = 2 if rng.random() < plan.duplicate_rate else 1
+        delay = 0.0 if early else (plan.late_ms * rng.uniform(0.5, 1.0) if late else plan.delay_ms) / 1000
+        return EventFate(failed, dropped, early, delay, copies)
+
+    def schedule(
+        self,
+        plan: CallbackPlan,
+        fate: EventFate,
+        body: Mapping[str, Any],
+        call_connection_id: str,
+        request_id: str | None = None,
+    ) -> asyncio.Task[None] | None:
+        """Post the outcome event to the body's callback URI as `fate` says; the delivery task, if any."""
         url = body.get("operationCallbackUri")
-        if not isinstance(url, str) or self._random.random() < plan.drop_rate:
-            return
-        failed = call_connection_id in plan.fail_calls or self._random.random() < plan.fail_rate
-        event = transfer_event(body, call_connection_id, failed, plan.failure)
-        copies = 2 if self._random.random() < plan.duplicate_rate else 1
-        task = asyncio.get_running_loop().create_task(self._deliver(url, event, copies, plan.delay_ms / 1000))
+        if not isinstance(url, str):
+            return None
+        event = transfer_event(body, call_connection_id, fate.failed, plan.failure)
+        if fate.dropped:
+            dropped = {"callConnectionId": call_connection_id, "requestId": request_id, "type": event["type"]}
+            self.dropped.append(dropped)
+            return None
+        delivery = self._deliver(url, event, request_id, fate.copies, fate.delay)
+        task = asyncio.get_running_loop().create_task(delivery)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
-    async def _deliver(self, url: str, event: dict[str, Any], copies: int, delay: float) -> None:
+    async def _deliver(
+        self, url: str, event: dict[str, Any], request_id: str | None, copies: int, delay: float
+    ) -> None:
         await asyncio.sleep(delay)
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         for _ in range(copies):
-            delivery = Delivery(time.time(), url, event["id"], event["type"], event["data"]["callConnectionId"])
+            call = event["data"]["callConnectionId"]
+            delivery = Delivery(time.time(), url, event["id"], event["type"], call, request_id)
             self.deliveries.append(delivery)
+            self._deliveries_by_call.setdefault(call, []).append(delivery)
             headers = {"Authorization": f"Bearer {self.signer.token()}", "Content-Type": "application/json"}
             try:
                 async with self._session.post(url, data=json.dumps([event]), headers=headers) as response:
@@ -159,5 +222,10 @@ class CallbackSender:
         if self._session is not None:
             await self._session.close()
 
+    def deliveries_for(self, call_connection_id: str) -> list[Delivery]:
+        return self._deliveries_by_call.get(call_connection_id, [])
+
     def clear(self) -> None:
         self.deliveries.clear()
+        self._deliveries_by_call.clear()
+        self.dropped.clear()

@@ -1,4 +1,4 @@
-"""`EmulatorConfig`: the key the emulator verifies with, its windows and its initial fault plan."""
+"""`EmulatorConfig`: the key (and Entra ID clients) the emulator verifies, its windows and its initial fault plan."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from worker.config import AcsCredentials
+from worker.emulator.entra import EntraConfig
 from worker.emulator.faults import FaultPlan
 
 # Only the version whose swagger the body validator uses: accepting a newer one would validate its
@@ -26,6 +27,8 @@ class EmulatorConfig:
     # Outcome events are signed for this audience (the ACS resource's immutable id) by this issuer.
     resource_id: str = DEFAULT_RESOURCE_ID
     callback_issuer: str = DEFAULT_ISSUER
+    # Microsoft Entra ID: the clients its token endpoint serves, and the tokens' lifetime
+    entra: EntraConfig = field(default_factory=EntraConfig)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "api_versions", frozenset(self.api_versions))

@@ -7,15 +7,30 @@ JSON form (``PUT /_emulator/faults``; every key optional)::
      "by_call": {"<callConnectionId>": [FAULT, ...]},  # consumed first for requests on that call
      "random":  {"rate": 0.1, "faults": [FAULT, ...]}, # otherwise, with probability rate, one at random
      "callbacks": {"fail_rate": 0.1, "fail_calls": ["call-7"], "failure": {"code": 487, "subCode": 0,
-                   "message": "..."}, "delay_ms": 20, "duplicate_rate": 0.05, "drop_rate": 0.0}}
-                                                   # outcome events after a transfer takes effect
+                   "message": "..."}, "delay_ms": 20, "duplicate_rate": 0.05, "drop_rate": 0.0,
+                   "early_rate": 0.05, "late_rate": 0.05, "late_ms": 20000, "drop_answered_only": false}}
+                                                   # outcome events of each executed transfer
 
-    FAULT = {"kind": "status", "status": 503, "stage": "before"|"after"|"answer",
+    FAULT = {"kind": "status", "status": 503, "stage": "before"|"after"|"after_5xx"|"answer",
              "retry_after": 1.5, "retry_after_header": "Retry-After"|"retry-after-ms"|"x-ms-retry-after-ms"}
-          | {"kind": "timeout", "stage": "before"|"after", "seconds": 30}
-          | {"kind": "drop", "stage": "before"|"after"}
+          | {"kind": "timeout", "stage": "before"|"after"|"after_5xx", "seconds": 30}
+          | {"kind": "drop", "stage": "before"|"after"|"after_5xx"}
 
 ``stage`` defaults to ``before``, ``seconds`` to 30 and ``retry_after_header`` to ``Retry-After``.
+
+Stages: ``before`` the front door fails the request, nothing is executed or recorded; ``after`` the
+transfer takes effect and ACS records its 202, then the front door hides it (a retry is answered 202 from the
+record); ``after_5xx`` the transfer takes effect, then ACS itself fails the request with a 5xx, which is what
+it records (the fault's status; 500 behind a timeout or a dropped connection): a retry of that id is executed
+again and meets a call that has moved, 404 "call not found"; ``answer`` ACS answers the status without effect.
+
+Outcome events: a transfer fails (``CallTransferFailed``, the call does not move) for ``fail_calls`` and with
+probability ``fail_rate``; its event is posted after ``delay_ms``, or, with ``late_rate``, after up to
+``late_ms``; with ``early_rate`` it is delivered before the 202 is answered; ``duplicate_rate`` posts it twice
+and ``drop_rate`` never (with ``drop_answered_only``, only the events of transfers whose 202 went out unhidden
+are dropped, so every transfer whose answer was lost still has its event). With a ``seed`` each of these is
+drawn per call, request id and execution (whether the transfer fails: per call and request id, so executing it
+again fails it again), and a run decides the same for the same transfer whatever order requests arrive in.
 """
 
 from __future__ import annotations
@@ -29,10 +44,10 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 FaultKind = Literal["status", "timeout", "drop"]
-FaultStage = Literal["before", "after", "answer"]
+FaultStage = Literal["before", "after", "after_5xx", "answer"]
 
 KINDS: tuple[FaultKind, ...] = ("status", "timeout", "drop")
-STAGES: tuple[FaultStage, ...] = ("before", "after", "answer")
+STAGES: tuple[FaultStage, ...] = ("before", "after", "after_5xx", "answer")
 RETRY_AFTER_HEADERS = ("Retry-After", "retry-after-ms", "x-ms-retry-after-ms")
 MAX_SECONDS = 3600.0
 
@@ -42,7 +57,8 @@ _FAULT_KEYS: dict[str, frozenset[str]] = {
     "drop": frozenset({"kind", "stage"}),
 }
 _PLAN_KEYS = frozenset({"latency_ms", "seed", "script", "by_call", "random", "callbacks"})
-_CALLBACK_KEYS = frozenset({"fail_rate", "fail_calls", "failure", "delay_ms", "duplicate_rate", "drop_rate"})
+_CALLBACK_RATES = ("fail_rate", "duplicate_rate", "drop_rate", "early_rate", "late_rate")
+_CALLBACK_KEYS = frozenset({*_CALLBACK_RATES, "fail_calls", "failure", "delay_ms", "late_ms", "drop_answered_only"})
 _DEFAULT_FAILURE = {"code": 487, "subCode": 0, "message": "The transfer target did not answer."}
 
 
@@ -139,6 +155,8 @@ def _check_fault(fault: Fault, where: str) -> None:
         raise FaultPlanError(f"{where}.stage", f"must be one of {', '.join(STAGES)}")
     if fault.stage == "answer" and fault.kind != "status":
         raise FaultPlanError(f"{where}.stage", "answer is only for status faults (ACS itself answers)")
+    if fault.stage == "after_5xx" and fault.kind == "status" and not 500 <= (fault.status or 0) <= 599:
+        raise FaultPlanError(f"{where}.status", "must be from 500 to 599 at stage after_5xx (ACS records a 5xx)")
     if fault.kind == "status":
         status = fault.status
         if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599:
@@ -181,22 +199,31 @@ class CallbackPlan:
     delay_ms: float = 0.0
     duplicate_rate: float = 0.0
     drop_rate: float = 0.0
+    early_rate: float = 0.0
+    late_rate: float = 0.0
+    late_ms: float = 0.0
+    drop_answered_only: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("fail_rate", "duplicate_rate", "drop_rate"):
+        if not isinstance(self.drop_answered_only, bool):
+            raise FaultPlanError("callbacks.drop_answered_only", "must be true or false")
+        for name in _CALLBACK_RATES:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
                 raise FaultPlanError(f"callbacks.{name}", "must be a number from 0 to 1")
-        if isinstance(self.delay_ms, bool) or not isinstance(self.delay_ms, int | float) or self.delay_ms < 0:
-            raise FaultPlanError("callbacks.delay_ms", "must be a non-negative number")
+        for name in ("delay_ms", "late_ms"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= MAX_SECONDS * 1000:
+                raise FaultPlanError(f"callbacks.{name}", f"must be a number from 0 to {MAX_SECONDS * 1000:g}")
         if not isinstance(self.failure, Mapping) or not isinstance(self.failure.get("code"), int):
             raise FaultPlanError("callbacks.failure", "must be an object with an integer code, subCode and a message")
         object.__setattr__(self, "failure", MappingProxyType(dict(self.failure)))
         object.__setattr__(self, "fail_calls", frozenset(self.fail_calls))
 
     def __hash__(self) -> int:
-        fields = (self.fail_rate, self.fail_calls, self.delay_ms, self.duplicate_rate, self.drop_rate)
-        return hash((*fields, tuple(sorted(self.failure.items(), key=str))))
+        rates = tuple(getattr(self, name) for name in _CALLBACK_RATES)
+        failure = tuple(sorted(self.failure.items(), key=str))
+        return hash((*rates, self.fail_calls, self.delay_ms, self.late_ms, self.drop_answered_only, failure))
 
     @classmethod
     def from_json(cls, data: object) -> CallbackPlan:
@@ -222,6 +249,10 @@ class CallbackPlan:
             delay_ms=data.get("delay_ms", 0.0),
             duplicate_rate=data.get("duplicate_rate", 0.0),
             drop_rate=data.get("drop_rate", 0.0),
+            early_rate=data.get("early_rate", 0.0),
+            late_rate=data.get("late_rate", 0.0),
+            late_ms=data.get("late_ms", 0.0),
+            drop_answered_only=data.get("drop_answered_only", False),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -232,6 +263,10 @@ class CallbackPlan:
             "delay_ms": self.delay_ms,
             "duplicate_rate": self.duplicate_rate,
             "drop_rate": self.drop_rate,
+            "early_rate": self.early_rate,
+            "late_rate": self.late_rate,
+            "late_ms": self.late_ms,
+            "drop_answered_only": self.drop_answered_only,
         }
 
 

@@ -95,6 +95,8 @@ class Record:
     in_progress: bool = False
     answer: Answer | None = None
     executions: int = 0
+    #: an execution of this id moved the call: executing it again meets a call that is gone (404)
+    moved: bool = False
 
 
 @dataclass(frozen=True)

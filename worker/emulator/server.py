@@ -1,13 +1,16 @@
 """Routes: the transfer endpoint ACS exposes, and the emulator's own unauthenticated control endpoints.
 
 Transfer request pipeline, in order:
-    1. HMAC signature and x-ms-date freshness      -> 401
+    1. HMAC signature and x-ms-date freshness,
+       or a Microsoft Entra ID bearer token it issued -> 401
     2. api-version                                 -> 400
     3. body against the swagger schema             -> 400
     -- the fault plan is consulted here: a ``before`` fault answers now, nothing recorded --
     4. repeatability headers and store             -> 400/412 rejected, 409, replay, or execute
-    5. execution: `latency`, then the effect and the stored 202 (or an ``answer`` fault's status)
-    -- an ``after`` fault now hides whatever ACS answered --
+    5. execution: `latency`, then the effect and the stored 202 (or an ``answer`` fault's status); an id
+       executed again after its call moved meets a call that is gone: 404, stored, no effect
+    -- an ``after`` fault now hides whatever ACS answered; an ``after_5xx`` fault makes ACS record and answer a
+       5xx after the effect (a timeout or dropped connection hides that 5xx) --
 """
 
 from __future__ import annotations
@@ -22,7 +25,10 @@ from aiohttp import web
 
 from worker.emulator.answers import Answer, acs_error
 from worker.emulator.auth import authenticate
+from worker.emulator.callbacks import Delivery
 from worker.emulator.config import EmulatorConfig
+from worker.emulator.entra import REVOKED
+from worker.emulator.entra import add_routes as add_entra_routes
 from worker.emulator.faults import Fault, FaultPlan, FaultPlanError
 from worker.emulator.repeatability import (
     ACCEPTED,
@@ -46,6 +52,8 @@ VALIDATOR: web.AppKey[BodyValidator] = web.AppKey("acs_emulator_validator", Body
 
 TRANSFER_PREFIX = "/calling/callConnections/"
 TRANSFER_SUFFIX = ":transferToParticipant"
+#: how long a 202 waits for an early outcome event to be delivered first
+EARLY_EVENT_WAIT = 5.0
 
 
 class _Disconnect:
@@ -71,6 +79,7 @@ def create_app(config: EmulatorConfig) -> web.Application:
     app.router.add_get("/_emulator/faults", _get_faults)
     app.router.add_put("/_emulator/faults", _put_faults)
     app.router.add_post("/_emulator/reset", _reset)
+    add_entra_routes(app, app[STATE].entra)
     return app
 
 
@@ -116,6 +125,7 @@ async def _calling(request: web.Request) -> web.StreamResponse:
     finally:
         if task is not None:
             state.running.discard(task)
+        state.count_fault(entry)
     entry.answered_at = time.time()
     if isinstance(outcome, _Disconnect):
         if request.transport is not None:
@@ -131,18 +141,25 @@ async def _transfer(request: web.Request, call_connection_id: str, entry: Logged
     state = request.app[STATE]
     config = state.config
     raw = await request.read()
-    problem = authenticate(
-        config.access_key,
-        request.method,
-        request.raw_path,
-        request.headers.get("Host", ""),
-        raw,
-        request.headers,
-        time.time(),
-        config.date_tolerance,
-    )
-    if problem is not None:
-        return acs_error(401, f"HMAC authentication failed: {problem}")
+    authorization = request.headers.get("Authorization", "")
+    if authorization.startswith("Bearer "):
+        problem = state.entra.verify(authorization.removeprefix("Bearer "), time.time())
+        if problem is not None:
+            challenge = {"WWW-Authenticate": state.entra.challenge(time.time())} if problem == REVOKED else None
+            return acs_error(401, f"Microsoft Entra ID authentication failed: {problem}", headers=challenge)
+    else:
+        problem = authenticate(
+            config.access_key,
+            request.method,
+            request.raw_path,
+            request.headers.get("Host", ""),
+            raw,
+            request.headers,
+            time.time(),
+            config.date_tolerance,
+        )
+        if problem is not None:
+            return acs_error(401, f"HMAC authentication failed: {problem}")
 
     api_version = request.query.get("api-version")
     if api_version is None:
@@ -161,10 +178,14 @@ async def _transfer(request: web.Request, call_connection_id: str, entry: Logged
         entry.fault_applied = True
         return await _inflict(fault)
 
-    answer, executed = await _process(request, state, call_connection_id, raw, parsed.data, fault)
+    answer, executed, transferred = await _process(request, state, call_connection_id, raw, parsed.data, fault)
     if fault is not None and fault.stage == "after":
         entry.fault_applied = True
         return await _inflict(fault)
+    if fault is not None and fault.stage == "after_5xx":
+        entry.fault_applied = transferred
+        if transferred and fault.kind != "status":
+            return await _inflict(fault)
     if fault is not None and fault.stage == "answer":
         entry.fault_applied = executed
     return answer
@@ -177,21 +198,23 @@ async def _process(
     raw: bytes,
     body: dict[str, Any],
     fault: Fault | None,
-) -> tuple[Answer, bool]:
-    """Steps 4 and 5: the repeatability decision and, if it says so, the execution. Returns (answer, executed)."""
+) -> tuple[Answer, bool, bool]:
+    """Steps 4 and 5: the repeatability decision and, if it says so, the execution.
+    Returns (answer, executed, whether the execution carried out the transfer)."""
     key = parse_headers(request.headers.get(REQUEST_ID_HEADER), request.headers.get(FIRST_SENT_HEADER))
     if key is None:
-        return await _execute(state, call_connection_id, None, body, fault, None), True
+        answer, transferred = await _execute(state, call_connection_id, None, body, fault, None)
+        return answer, True, transferred
     if isinstance(key, Rejection):
-        return _with_result(key.answer, REJECTED), False
+        return _with_result(key.answer, REJECTED), False, False
     decision = state.repeatability.begin(key, fingerprint(call_connection_id, raw), time.time())
     if isinstance(decision, Rejection):
-        return _with_result(decision.answer, REJECTED), False
+        return _with_result(decision.answer, REJECTED), False, False
     if isinstance(decision, Replay | InProgress):
-        return _with_result(decision.answer, ACCEPTED), False
+        return _with_result(decision.answer, ACCEPTED), False, False
     assert isinstance(decision, Execute)
-    answer = await _execute(state, call_connection_id, key.request_id, body, fault, decision.record)
-    return _with_result(answer, ACCEPTED), True
+    answer, transferred = await _execute(state, call_connection_id, key.request_id, body, fault, decision.record)
+    return _with_result(answer, ACCEPTED), True, transferred
 
 
 async def _execute(
@@ -201,25 +224,58 @@ async def _execute(
     body: dict[str, Any],
     fault: Fault | None,
     record: Record | None,
-) -> Answer:
-    """The request is in progress for `latency`, then takes effect (or ACS answers an ``answer`` fault)."""
+) -> tuple[Answer, bool]:
+    """The request is in progress for `latency`, then carries out the transfer (or ACS answers an ``answer``
+    fault, or the call already moved). Returns what ACS answers and records, and whether it transferred."""
     try:
         await asyncio.sleep(state.fault_plan.latency)
     except asyncio.CancelledError:
         if record is not None:
             state.repeatability.abandon(record)
         raise
-    if fault is not None and fault.stage == "answer":
+    transferred = False
+    if record is not None and record.moved:
+        # Executed again (its first answer was a 5xx), but an earlier execution moved the call away.
+        answer = acs_error(404, f"Call not found: {call_connection_id} is no longer connected.")
+    elif fault is not None and fault.stage == "answer":
         assert fault.status is not None
         answer = acs_error(fault.status, f"emulated fault: ACS answered {fault.status}", headers=fault.retry_headers())
     else:
-        state.effects.record(call_connection_id, request_id, body, time.time())
-        state.callbacks.schedule(state.fault_plan.callbacks, body, call_connection_id)
-        result = {"operationContext": body["operationContext"]} if "operationContext" in body else {}
-        answer = Answer(202, result)
+        hidden = fault is not None and fault.stage in ("after", "after_5xx")
+        answer = await _transfer_call(state, call_connection_id, request_id, body, record, hidden)
+        transferred = True
+        if fault is not None and fault.stage == "after_5xx":
+            status = fault.status or 500
+            message = f"emulated fault: ACS failed with {status} after the transfer took effect"
+            answer = acs_error(status, message, headers=fault.retry_headers())
     if record is not None:
         state.repeatability.finish(record, answer)
-    return answer
+    return answer, transferred
+
+
+async def _transfer_call(
+    state: EmulatorState,
+    call_connection_id: str,
+    request_id: str | None,
+    body: dict[str, Any],
+    record: Record | None,
+    answer_hidden: bool,
+) -> Answer:
+    """Move the call (or fail to: ``CallTransferFailed``), schedule its outcome event, and answer 202."""
+    plan = state.fault_plan.callbacks
+    execution = record.executions if record else 0
+    fate = state.callbacks.decide(plan, call_connection_id, request_id, execution, answer_hidden)
+    if fate.failed:
+        state.effects.record_failed(call_connection_id, request_id)
+    else:
+        state.effects.record(call_connection_id, request_id, body, time.time())
+        if record is not None:
+            record.moved = True
+    delivery = state.callbacks.schedule(plan, fate, body, call_connection_id, request_id)
+    if delivery is not None and fate.early:
+        await asyncio.wait({delivery}, timeout=EARLY_EVENT_WAIT)  # the event overtakes the 202
+    result = {"operationContext": body["operationContext"]} if "operationContext" in body else {}
+    return Answer(202, result)
 
 
 async def _inflict(fault: Fault) -> Answer | _Disconnect:
@@ -249,8 +305,17 @@ async def _openid_configuration(request: web.Request) -> web.Response:
 
 
 async def _callbacks(request: web.Request) -> web.Response:
-    deliveries = request.app[STATE].callbacks.deliveries
-    return web.json_response({"deliveries": [delivery.to_json() for delivery in deliveries]})
+    """Deliveries and dropped events (``?call=ID``: of one call only; ``?deliveries=false``: no deliveries), and
+    how many are still pending."""
+    sender = request.app[STATE].callbacks
+    call = request.query.get("call")
+    if request.query.get("deliveries") == "false":
+        listed: list[Delivery] = []
+    else:
+        listed = sender.deliveries if call is None else sender.deliveries_for(call)
+    deliveries = [delivery.to_json() for delivery in listed]
+    dropped = [event for event in sender.dropped if call is None or event["callConnectionId"] == call]
+    return web.json_response({"deliveries": deliveries, "dropped": dropped, "pending": sender.pending})
 
 
 async def _close_callbacks(app: web.Application) -> None:
@@ -262,12 +327,17 @@ async def _health(request: web.Request) -> web.Response:
 
 
 async def _transfers(request: web.Request) -> web.Response:
-    return web.json_response(request.app[STATE].effects.to_json())
+    bodies = request.query.get("bodies") != "false"
+    return web.json_response(request.app[STATE].effects.to_json(bodies))
 
 
 async def _requests(request: web.Request) -> web.Response:
+    """The request log (``?call=ID``: of one call only), the total seen and the faults applied to them all."""
     state = request.app[STATE]
-    return web.json_response({"requests": [entry.to_json() for entry in state.requests], "total": state.requests_seen})
+    call = request.query.get("call")
+    logged = [entry.to_json() for entry in state.requests if call is None or entry.call_connection_id == call]
+    counts = dict(state.faults_applied)
+    return web.json_response({"requests": logged, "total": state.requests_seen, "faultsApplied": counts})
 
 
 async def _get_faults(request: web.Request) -> web.Response:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 
 from worker.emulator.callbacks import CallbackSender, CallbackSigner
 from worker.emulator.config import EmulatorConfig
 from worker.emulator.effects import EffectsLedger
+from worker.emulator.entra import EntraIssuer
 from worker.emulator.faults import Fault, FaultDispenser, FaultPlan
 from worker.emulator.repeatability import RepeatabilityStore
 
@@ -53,9 +54,12 @@ class EmulatorState:
         self.effects = EffectsLedger()
         self.requests: deque[LoggedRequest] = deque(maxlen=config.max_logged_requests)
         self.requests_seen = 0
+        #: applied faults by "<status or kind> <stage>", over every request (the log keeps only the latest)
+        self.faults_applied: Counter[str] = Counter()
         self.faults = FaultDispenser(config.faults)
         self.callbacks = CallbackSender(CallbackSigner(config.callback_issuer, config.resource_id))
         self.callbacks.reseed(config.faults.seed)
+        self.entra = EntraIssuer(config.entra)
         # Handlers still running (latency, hangs): closed explicitly on shutdown, since a handler whose client
         # went away is no longer tracked by aiohttp yet may sleep for a fault's full duration.
         self.running: set[asyncio.Task[Any]] = set()
@@ -74,11 +78,17 @@ class EmulatorState:
         self.requests_seen += 1
         return entry
 
+    def count_fault(self, entry: LoggedRequest) -> None:
+        if entry.fault is not None and entry.fault_applied:
+            what = entry.fault.kind if entry.fault.status is None else str(entry.fault.status)
+            self.faults_applied[f"{what} {entry.fault.stage}"] += 1
+
     def reset(self) -> None:
         """Forget records, effects and the request log, and clear the fault plan."""
         self.repeatability.clear()
         self.effects.clear()
         self.requests.clear()
         self.requests_seen = 0
+        self.faults_applied.clear()
         self.callbacks.clear()
         self.set_fault_plan(FaultPlan())

@@ -21,6 +21,7 @@ from worker.ledger.operations import (
     op_jobs_in_states,
     op_oldest_queued,
     op_prune,
+    op_record_answer,
     op_record_dead_message,
     op_start_attempt,
     op_take_lease,
@@ -31,11 +32,14 @@ from worker.ledger.outcomes import (
     op_find_job_for_event,
     op_record_event,
     op_replay,
+    op_replays_sent_twice,
+    op_stop_replacement,
     op_unknown_older_than,
 )
 from worker.ledger.schema import (
     Event,
     Job,
+    Lane,
     NewJob,
     Outcome,
     State,
@@ -48,11 +52,13 @@ from worker.ledger.schema import (
     leases,
     metadata,
 )
-from worker.ledger.stores import Ledger, SyncLedger
+from worker.ledger.stores import LEDGER_ERRORS, Ledger, SyncLedger
 
 __all__ = [
+    "LEDGER_ERRORS",
     "Event",
     "Job",
+    "Lane",
     "Ledger",
     "NewJob",
     "Outcome",
@@ -79,10 +85,13 @@ __all__ = [
     "op_jobs_in_states",
     "op_oldest_queued",
     "op_prune",
+    "op_record_answer",
     "op_record_dead_message",
     "op_record_event",
     "op_replay",
+    "op_replays_sent_twice",
     "op_start_attempt",
+    "op_stop_replacement",
     "op_take_lease",
     "op_transition",
     "op_unknown_older_than",

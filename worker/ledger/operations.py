@@ -53,12 +53,11 @@ _CLAIM_QUEUED = (
     .values(state=State.SENDING, worker=_bp("p_worker"), lease_until=_bp("p_lease"), updated_at=_bp("p_now"))
     .returning(*jobs.c)
 )
-# A queued job's first attempt starts with its claim (First-Sent committed with it, before the request) unless
-# its campaign is paced: a paced job must get its token before First-Sent is fixed.
-_PACED_CAMPAIGN = sa.exists().where(campaigns.c.name == jobs.c.campaign, campaigns.c.rate > 0)
+# A queued job's first attempt starts with its claim (First-Sent committed with it, before the request) when no
+# global rate-limit token is needed (a campaign's pace was kept before its job was published).
 _CLAIM_QUEUED_AND_START = (
     jobs.update()
-    .where(jobs.c.id == _bp("p_id"), jobs.c.state == State.QUEUED, ~_PACED_CAMPAIGN)
+    .where(jobs.c.id == _bp("p_id"), jobs.c.state == State.QUEUED)
     .values(
         state=State.SENDING,
         worker=_bp("p_worker"),
@@ -69,10 +68,24 @@ _CLAIM_QUEUED_AND_START = (
     )
     .returning(*jobs.c)
 )
+# A holder whose lease expired while `sending` had started an attempt whose answer nobody recorded: its effect
+# is unknown from now on (SET sees the row as it was).
+_UNANSWERED_ATTEMPT = sa.case(
+    (
+        sa.and_(jobs.c.state == State.SENDING, jobs.c.attempts > 0),
+        "attempt " + sa.cast(jobs.c.attempts, sa.Text) + " got no recorded answer before its worker's lease expired",
+    ),
+)
 _CLAIM_ORPHAN = (
     jobs.update()
     .where(jobs.c.id == _bp("p_id"), jobs.c.state.in_(State.HELD), jobs.c.lease_until < _bp("p_now"))
-    .values(state=State.SENDING, worker=_bp("p_worker"), lease_until=_bp("p_lease"), updated_at=_bp("p_now"))
+    .values(
+        state=State.SENDING,
+        worker=_bp("p_worker"),
+        lease_until=_bp("p_lease"),
+        updated_at=_bp("p_now"),
+        effect_unknown=sa.func.coalesce(jobs.c.effect_unknown, _UNANSWERED_ATTEMPT),
+    )
     .returning(*jobs.c)
 )
 _START_ATTEMPT = (
@@ -103,6 +116,7 @@ _TRANSITION_VALUES = {
     "accepted_at": sa.func.coalesce(_bp("p_accepted_at", type_=sa.Float), jobs.c.accepted_at),
     "reason": _bp("p_reason", type_=sa.Text),
     "settled_at": sa.func.coalesce(_bp("p_settled_at", type_=sa.Float), jobs.c.settled_at),
+    "effect_unknown": sa.func.coalesce(jobs.c.effect_unknown, _bp("p_effect_unknown", type_=sa.Text)),
 }
 _TRANSITION = (
     jobs.update()
@@ -150,11 +164,14 @@ _DEFERRED_EVENTS = "acs_transfer_deferred_events"
 def _in_one_transaction(connection: Connection, calls: Sequence[Callable[[Connection], R]]) -> list[R]:
     """Run operations in the caller's transaction, writing all their history rows in one statement at the end."""
     events: list[dict[str, Any]] = []
-    connection.info[_DEFERRED_EVENTS] = events
+    # Taken once, while the connection is alive: the cleanup must not touch a connection that dropped (that
+    # raises PendingRollbackError over the real disconnect, which callers would not know to retry).
+    info = connection.info
+    info[_DEFERRED_EVENTS] = events
     try:
         results = [call(connection) for call in calls]
     finally:
-        del connection.info[_DEFERRED_EVENTS]
+        info.pop(_DEFERRED_EVENTS, None)
     if events:
         connection.execute(_INSERT_EVENT, events)
     return results
@@ -162,6 +179,7 @@ def _in_one_transaction(connection: Connection, calls: Sequence[Callable[[Connec
 
 def op_create_jobs(connection: Connection, new_jobs: Sequence[NewJob], now: float) -> list[tuple[Job, bool]]:
     """Insert jobs that do not exist yet (by id or idempotency key); return each job and whether it is new."""
+    held = _paced_campaigns(connection, {job.campaign for job in new_jobs if job.campaign is not None})
     rows = [
         {
             "id": job.id,
@@ -175,7 +193,9 @@ def op_create_jobs(connection: Connection, new_jobs: Sequence[NewJob], now: floa
             "attempts": 0,
             "operation_context": job.operation_context,
             "replay_of": job.replay_of,
-            "published_at": now,
+            "lane": job.lane,
+            # A paced campaign's job is published by the dispatcher, at the campaign's rate: not yet.
+            "published_at": None if job.campaign in held else now,
             "created_at": now,
             "updated_at": now,
         }
@@ -200,11 +220,11 @@ def op_create_jobs(connection: Connection, new_jobs: Sequence[NewJob], now: floa
     for new in new_jobs:
         existing = by_key.get(new.idempotency_key) if new.idempotency_key is not None else None
         job = existing or by_id[new.id]
-        if job.body_hash != body_hash(new.body):
+        if job.identity != new.identity:
             key = new.idempotency_key or new.id
+            what = "another call" if job.call_connection_id != new.call_connection_id else "a different request"
             raise IdempotencyConflict(
-                f"idempotency key {key!r} already names job {job.id} with a different request; "
-                "use a new key for a new transfer"
+                f"idempotency key {key!r} already names job {job.id} for {what}; use a new key for a new transfer"
             )
         created = job.id == new.id and job.id in inserted and job.id not in created_ids
         if created:
@@ -213,6 +233,13 @@ def op_create_jobs(connection: Connection, new_jobs: Sequence[NewJob], now: floa
     for job_id in created_ids:
         _event(connection, job_id, now, None, State.QUEUED)
     return results
+
+
+def _paced_campaigns(connection: Connection, names: set[str]) -> set[str]:
+    if not names:
+        return set()
+    query = sa.select(campaigns.c.name).where(campaigns.c.name.in_(names), campaigns.c.rate > 0)
+    return set(connection.execute(query).scalars())
 
 
 def op_get(connection: Connection, job_id: str) -> Job | None:
@@ -245,7 +272,7 @@ def op_claim(
     first_sent: int | None = None,
 ) -> tuple[Job, str] | None:
     """Take the job if it is queued or its holder's lease ran out: (job, its state before), or None if another
-    worker holds it, it is settled, or it does not exist. With `first_sent`, a queued job of no paced campaign
+    worker holds it, it is settled, or it does not exist. With `first_sent`, a queued job
     starts its first attempt in the same write (attempts 1, First-Sent fixed)."""
     params = {"p_id": job_id, "p_worker": worker, "p_now": now, "p_lease": lease_until, "p_first_sent": first_sent}
     row = None if first_sent is None else connection.execute(_CLAIM_QUEUED_AND_START, params).first()
@@ -306,10 +333,12 @@ def op_transition(
     error: str | None = None,
     message: str | None = None,
     detail: str | None = None,
+    effect_unknown: str | None = None,
 ) -> Job | None:
     """Move a job from `from_state` to `to_state`, only if it is still there (and held by `worker`, if given).
     The last answer (status, error, message) is kept unless new values are given; `detail` says why the job
-    is where it is now and is kept as its reason."""
+    is where it is now and is kept as its reason. `effect_unknown` names an answer that left the attempt's
+    effect unknown (the first one is kept)."""
     params = {
         "p_id": job_id,
         "p_from": from_state,
@@ -323,6 +352,7 @@ def op_transition(
         "p_accepted_at": now if to_state == State.ACCEPTED else None,
         "p_reason": detail or message,
         "p_settled_at": now if to_state in State.FINAL else None,
+        "p_effect_unknown": effect_unknown,
     }
     row = connection.execute(_TRANSITION if worker is None else _TRANSITION_HELD, params).first()
     if row is None:
@@ -330,6 +360,68 @@ def op_transition(
     job = Job.from_row(row)
     _event(connection, job_id, now, from_state, to_state, job.attempts, status, detail or message)
     return job
+
+
+_SELECT_JOB_FOR_ANSWER = (
+    sa.select(jobs).where(jobs.c.id == _bp("p_id"), jobs.c.request_id == _bp("p_request_id")).with_for_update()
+)
+#: states a definite answer may still settle: held (by its worker, or by another after that one stalled past its
+#: lease), or given up on as unknown or dead. Never accepted or final.
+_ANSWERABLE = (*State.HELD, State.UNKNOWN, State.DEAD)
+
+
+def op_record_answer(
+    connection: Connection,
+    job_id: str,
+    request_id: str,
+    worker: str,
+    to_state: str,
+    now: float,
+    *,
+    status: int | None,
+    error: str | None,
+    message: str,
+    detail: str,
+) -> tuple[Job, str | None] | None:
+    """Write a definite answer (202: accepted, 4xx: failed) to the job's own request: (the job, the state it
+    left, or None when it stayed), or None when there is no such job.
+
+    What ACS answered is true whoever holds the job now: it settles a job another worker took over after this
+    one stalled past its lease, and an unknown or dead job; an accepted or final job keeps its state. A 4xx after
+    an attempt whose effect is unknown proves nothing (ACS executes a request again after a 5xx, and a call that
+    already moved answers 404): the job becomes unknown with both answers in its reason (an unknown or dead job
+    stays as it is, the answer added to its history)."""
+    row = connection.execute(_SELECT_JOB_FOR_ANSWER, {"p_id": job_id, "p_request_id": request_id}).first()
+    if row is None:
+        return None
+    job = Job.from_row(row)
+    if job.state not in _ANSWERABLE:
+        return job, None
+    state, why = to_state, detail
+    if to_state == State.FAILED and job.effect_unknown is not None:
+        state = State.UNKNOWN
+        why = (
+            f"{message} after an earlier attempt whose effect is unknown ({job.effect_unknown}): ACS executes a "
+            "request again after a 5xx, so the transfer may have happened; an outcome event settles it"
+        )
+        if job.state in (State.UNKNOWN, State.DEAD):
+            _event(connection, job_id, now, job.state, job.state, job.attempts, status, why)
+            return job, None
+    if job.state not in State.HELD or job.worker != worker:
+        holder = f" held by {job.worker}" if job.state in State.HELD else ""
+        why = f"{why}; the answer reached {worker} after the job was {job.state}{holder}"
+    moved = op_transition(
+        connection, job_id, None, job.state, state, now, status=status, error=error, message=message, detail=why
+    )
+    if moved is None:
+        return job, None
+    if moved.settled_at is not None and state not in State.FINAL:
+        # A dead job accepted after all: it is waiting for its outcome again, not settled.
+        row = connection.execute(
+            jobs.update().where(jobs.c.id == job_id).values(settled_at=None).returning(*jobs.c)
+        ).one()
+        moved = Job.from_row(row)
+    return moved, job.state
 
 
 def op_extend_lease(
@@ -346,22 +438,27 @@ def op_extend_lease(
 
 
 def op_due_for_publish(
-    connection: Connection, now: float, republish_before: float, include_queued: bool, limit: int
-) -> list[tuple[str, str]]:
-    """Jobs whose message may be lost, as (id, state); their publish time is bumped so one sweep takes each."""
-    orphaned = sa.and_(jobs.c.state.in_(State.HELD), jobs.c.lease_until < now)
-    condition = sa.or_(jobs.c.state == State.QUEUED, orphaned) if include_queued else orphaned
+    connection: Connection, now: float, republish_before: float, queued_before: dict[str, float], limit: int
+) -> list[tuple[str, str, str]]:
+    """Jobs whose message may be lost, as (id, state, lane): held jobs whose lease ran out (published before
+    `republish_before`) and queued jobs published before their lane's bound in `queued_before`. Jobs awaiting
+    their dispatch (never published) are the dispatcher's. Their publish time is bumped so one sweep takes each."""
+    orphaned = sa.and_(jobs.c.state.in_(State.HELD), jobs.c.lease_until < now, jobs.c.published_at < republish_before)
+    waiting = [
+        sa.and_(jobs.c.state == State.QUEUED, jobs.c.lane == lane, jobs.c.published_at < before)
+        for lane, before in queued_before.items()
+    ]
     query = (
-        sa.select(jobs.c.id, jobs.c.state)
-        .where(condition, sa.or_(jobs.c.published_at.is_(None), jobs.c.published_at < republish_before))
+        sa.select(jobs.c.id, jobs.c.state, jobs.c.lane)
+        .where(sa.or_(orphaned, *waiting))
         .order_by(jobs.c.published_at)
         .limit(limit)
     )
     if connection.dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
-    due = [(row.id, row.state) for row in connection.execute(query)]
+    due = [(row.id, row.state, row.lane) for row in connection.execute(query)]
     if due:
-        connection.execute(jobs.update().where(jobs.c.id.in_([i for i, _ in due])).values(published_at=now))
+        connection.execute(jobs.update().where(jobs.c.id.in_([i for i, _, _ in due])).values(published_at=now))
     return due
 
 

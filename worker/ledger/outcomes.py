@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
@@ -18,14 +20,27 @@ def op_record_event(
     return bool(_insert_ignoring_conflicts(connection, callback_events, [row], callback_events.c.event_id))
 
 
-def op_find_job_for_event(connection: Connection, call_connection_id: str, operation_context: str | None) -> str | None:
-    """The most recent job on this call still waiting for an outcome (matching the operation context if given)."""
+def op_find_job_for_event(
+    connection: Connection, call_connection_id: str, operation_context: str | None
+) -> tuple[str | None, str | None]:
+    """The one job on this call that was sent and still waits for an outcome (matching the operation context if
+    given): (its id, None), or (None, why the event matches no job). A job never sent cannot have caused the
+    event, and settling it would stop it from ever being sent; between two candidates nothing tells which."""
     query = sa.select(jobs.c.id).where(
-        jobs.c.call_connection_id == call_connection_id, jobs.c.state.in_(State.AWAITING_OUTCOME)
+        jobs.c.call_connection_id == call_connection_id,
+        jobs.c.state.in_(State.AWAITING_OUTCOME),
+        jobs.c.attempts > 0,
     )
+    where = f"call {call_connection_id!r}"
     if operation_context is not None:
         query = query.where(jobs.c.operation_context == operation_context)
-    return connection.execute(query.order_by(jobs.c.created_at.desc()).limit(1)).scalar()
+        where += f" with operation context {operation_context!r}"
+    found = list(connection.execute(query.order_by(jobs.c.created_at.desc()).limit(2)).scalars())
+    if len(found) == 1:
+        return found[0], None
+    if not found:
+        return None, f"no job sent on {where} is waiting for an outcome"
+    return None, f"more than one job sent on {where} is waiting for an outcome; nothing tells which one this is"
 
 
 def op_apply_outcome(connection: Connection, job_id: str, outcome: Outcome, detail: str, now: float) -> Job | None:
@@ -69,17 +84,89 @@ def op_unknown_older_than(connection: Connection, cutoff: float, limit: int) -> 
 
 
 def op_replay(connection: Connection, original_id: str, new_job: NewJob, reason: str, now: float) -> Job:
-    """Create `new_job` as an operator's replay of a failed or dead job, linking the two both ways."""
-    original = op_get(connection, original_id)
-    if original is None:
+    """Create `new_job` as an operator's replay of a failed or dead job, linking the two both ways. The original
+    is locked and linked only if it has no replacement yet, in the transaction that creates this one: two
+    overlapping replays of one job make one replacement, and the other is refused."""
+    query = sa.select(jobs).where(jobs.c.id == original_id)
+    if connection.dialect.name == "postgresql":
+        query = query.with_for_update()
+    row = connection.execute(query).first()
+    if row is None:
         raise JobNotFound(f"no job {original_id!r}")
+    original = Job.from_row(row)
     if original.state not in State.REPLAYABLE or original.replayed_by is not None:
-        replayed = f" (already replayed as {original.replayed_by})" if original.replayed_by else ""
-        raise ReplayRefused(f"job {original_id} is {original.state}{replayed}: only failed or dead jobs are replayed")
+        _refuse_replay(original)
     ((created, _),) = op_create_jobs(connection, [new_job], now)
     detail = f"replayed as {created.id}: {reason}"
-    connection.execute(
-        jobs.update().where(jobs.c.id == original_id).values(replayed_by=created.id, reason=detail, updated_at=now)
-    )
+    linked = connection.execute(
+        jobs.update()
+        .where(jobs.c.id == original_id, jobs.c.state == original.state, jobs.c.replayed_by.is_(None))
+        .values(replayed_by=created.id, reason=detail, updated_at=now)
+        .returning(*jobs.c)
+    ).first()
+    if linked is None:  # moved since it was read: not under the lock, but the link is never overwritten
+        _refuse_replay(op_get(connection, original_id) or original)
     _event(connection, original_id, now, original.state, original.state, original.attempts, None, detail)
     return created
+
+
+def _refuse_replay(original: Job) -> NoReturn:
+    replayed = f" (already replayed as {original.replayed_by})" if original.replayed_by else ""
+    raise ReplayRefused(f"job {original.id} is {original.state}{replayed}: only failed or dead jobs are replayed")
+
+
+#: a replacement in these states with no attempt has sent nothing yet (a paced one may hold it, waiting for a
+#: token; its attempt starts only from a held state, so moving it stops it)
+_UNSENT = (State.QUEUED, State.SENDING)
+
+
+def op_stop_replacement(connection: Connection, original: Job, now: float) -> tuple[str, Job] | None:
+    """After a replayed original turned out transferred: stop its replacement if it sent nothing yet
+    (``superseded``), or, if it was sent, flag both jobs for an operator (the call may be transferred twice).
+    Returns ("superseded" or "both_sent", the replacement), or None when there is nothing to do.
+
+    A replayed original that turned out ``transfer_failed`` keeps its replacement: that retry is what the
+    operator asked for, and the original did not transfer the call."""
+    if original.replayed_by is None or original.state != State.TRANSFERRED:
+        return None
+    replacement = op_get(connection, original.replayed_by)
+    if replacement is not None and replacement.attempts == 0 and replacement.state in _UNSENT:
+        reason = f"superseded: its original {original.id} turned out transferred after the replay ({original.reason})"
+        # Conditional on "nothing sent yet": a worker's claim (which starts the first attempt) and this cannot
+        # both win; if the claim did, the replacement was sent and is flagged below.
+        row = connection.execute(
+            jobs.update()
+            .where(jobs.c.id == replacement.id, jobs.c.state == replacement.state, jobs.c.attempts == 0)
+            .values(state=State.SUPERSEDED, reason=reason, settled_at=now, lease_until=None, updated_at=now)
+            .returning(*jobs.c)
+        ).first()
+        if row is not None:
+            _event(connection, replacement.id, now, replacement.state, State.SUPERSEDED, 0, None, reason)
+            return "superseded", Job.from_row(row)
+        replacement = op_get(connection, replacement.id)
+    if replacement is None or replacement.attempts == 0:
+        return None  # pruned, or settled some other way without ever being sent: nothing can be doubled
+    flag = (
+        f"needs an operator: {original.id} turned out transferred after its replay {replacement.id} was sent; "
+        "the call may have been transferred twice"
+    )
+    connection.execute(
+        jobs.update().where(jobs.c.id == original.id).values(reason=f"{original.reason}; {flag}", updated_at=now)
+    )
+    for job in (original, replacement):
+        _event(connection, job.id, now, job.state, job.state, job.attempts, None, flag)
+    return "both_sent", replacement
+
+
+def op_replays_sent_twice(connection: Connection, campaign: str | None, limit: int) -> list[Job]:
+    """Replayed originals that turned out transferred although their replacement was sent: an operator must
+    check whether the call was transferred twice. Derived from the jobs themselves, so no flag can go stale."""
+    replacement = jobs.alias("replacement")
+    query = sa.select(jobs).where(
+        jobs.c.state == State.TRANSFERRED,
+        sa.exists().where(replacement.c.id == jobs.c.replayed_by, replacement.c.attempts > 0),
+    )
+    if campaign is not None:
+        query = query.where(jobs.c.campaign == campaign)
+    query = query.order_by(jobs.c.updated_at.desc()).limit(limit)
+    return [Job.from_row(row) for row in connection.execute(query)]

@@ -10,7 +10,8 @@ import sqlalchemy as sa
 
 
 class State:
-    """Job states. ``queued → sending → accepted``; side exits ``retry_wait``, ``failed``, ``unknown``, ``dead``."""
+    """Job states. ``queued → sending → accepted``; side exits ``retry_wait``, ``failed``, ``unknown``, ``dead``,
+    and ``superseded``: a replay never sent because its original turned out transferred after all."""
 
     QUEUED = "queued"
     SENDING = "sending"
@@ -21,18 +22,28 @@ class State:
     FAILED = "failed"
     UNKNOWN = "unknown"
     DEAD = "dead"
+    SUPERSEDED = "superseded"
 
-    ALL = (QUEUED, SENDING, RETRY_WAIT, ACCEPTED, TRANSFERRED, TRANSFER_FAILED, FAILED, UNKNOWN, DEAD)
+    ALL = (QUEUED, SENDING, RETRY_WAIT, ACCEPTED, TRANSFERRED, TRANSFER_FAILED, FAILED, UNKNOWN, DEAD, SUPERSEDED)
     #: a worker holds the job (under a lease)
     HELD = (SENDING, RETRY_WAIT)
     #: no worker will touch the job again on its own
-    SETTLED = (ACCEPTED, TRANSFERRED, TRANSFER_FAILED, FAILED, UNKNOWN, DEAD)
+    SETTLED = (ACCEPTED, TRANSFERRED, TRANSFER_FAILED, FAILED, UNKNOWN, DEAD, SUPERSEDED)
     #: the outcome is known for good: only an operator's replay starts anything new
-    FINAL = (TRANSFERRED, TRANSFER_FAILED, FAILED, DEAD)
+    FINAL = (TRANSFERRED, TRANSFER_FAILED, FAILED, DEAD, SUPERSEDED)
     #: states an outcome event may settle (it can arrive before the 202 is recorded, or after the job went dead)
     AWAITING_OUTCOME = (QUEUED, SENDING, RETRY_WAIT, ACCEPTED, UNKNOWN, DEAD)
     #: what an operator may replay
     REPLAYABLE = (FAILED, DEAD)
+
+
+class Lane:
+    """The two lanes a job travels in: live work (one transfer a caller waits for) goes before bulk work."""
+
+    LIVE = "live"
+    BULK = "bulk"
+
+    ALL = (LIVE, BULK)
 
 
 metadata = sa.MetaData()
@@ -60,6 +71,9 @@ jobs = sa.Table(
     sa.Column("last_error", sa.String(200)),
     sa.Column("last_message", sa.Text),
     sa.Column("reason", sa.Text),
+    # The first answer (or takeover) that left an attempt's effect unknown; NULL while every answer was definite.
+    # A later 4xx then proves nothing (ACS executes a request again after a 5xx): the job becomes unknown.
+    sa.Column("effect_unknown", sa.Text),
     # What ACS reported in the outcome event (resultInformation), and when the job reached a final state.
     sa.Column("operation_context", sa.Text),
     sa.Column("result_code", sa.Integer),
@@ -69,7 +83,10 @@ jobs = sa.Table(
     # An operator's replay: the new job points at the original and the original at its replacement.
     sa.Column("replay_of", sa.String(64)),
     sa.Column("replayed_by", sa.String(64)),
+    # The lane the job's messages go to; published_at is NULL while a paced campaign's job awaits its dispatch.
+    sa.Column("lane", sa.String(10), nullable=False, server_default=Lane.LIVE),
     sa.Index("ix_jobs_state_published", "state", "published_at"),
+    sa.Index("ix_jobs_campaign_state", "campaign", "state", "published_at"),
     sa.Index("ix_jobs_call", "call_connection_id"),
 )
 
@@ -148,6 +165,7 @@ class Job:
     last_error: str | None
     last_message: str | None
     reason: str | None
+    effect_unknown: str | None
     operation_context: str | None
     result_code: int | None
     result_subcode: int | None
@@ -155,6 +173,12 @@ class Job:
     settled_at: float | None
     replay_of: str | None
     replayed_by: str | None
+    lane: str = Lane.LIVE
+
+    @property
+    def identity(self) -> tuple[str, str]:
+        """What the job asks for: the call and the exact body (see `NewJob.identity`)."""
+        return self.call_connection_id, self.body_hash
 
     @classmethod
     def from_row(cls, row: sa.Row[Any]) -> Job:
@@ -182,6 +206,13 @@ class NewJob:
     campaign: str | None = None
     operation_context: str | None = None
     replay_of: str | None = None
+    lane: str = Lane.LIVE
+
+    @property
+    def identity(self) -> tuple[str, str]:
+        """What the job asks for: the call (not part of the body: it is in the URL) and the exact body. An
+        idempotency key names one transfer, so the same key with another identity is a conflict."""
+        return self.call_connection_id, body_hash(self.body)
 
 
 @dataclass(frozen=True)

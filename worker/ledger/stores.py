@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+import asyncpg
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -21,6 +24,18 @@ from worker.ledger.schema import Event, Job, NewJob, metadata
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+#: what a ledger that is down, failing over or dropping connections raises: SQLAlchemy's errors, the drivers'
+#: own (raised where SQLAlchemy does not wrap them, e.g. while connecting) and the network's. Never the job's fault.
+LEDGER_ERRORS: tuple[type[Exception], ...] = (
+    sa.exc.SQLAlchemyError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+    psycopg.Error,
+    sqlite3.Error,
+    OSError,
+)
 
 
 def _urls(url: str) -> tuple[str, str]:
@@ -41,7 +56,8 @@ def _urls(url: str) -> tuple[str, str]:
 
 
 def _tune_sqlite(engine: Engine) -> None:
-    """WAL for concurrent readers, a busy timeout for concurrent writers, and BEGIN IMMEDIATE so a
+    """WAL for concurrent readers, a busy timeout for concurrent writers, synchronous=FULL so a committed
+    First-Sent survives power loss (NORMAL in WAL mode may lose the last commits), and BEGIN IMMEDIATE so a
     transaction that will write takes the write lock up front instead of failing to upgrade later."""
 
     @sa.event.listens_for(engine, "connect")
@@ -50,7 +66,7 @@ def _tune_sqlite(engine: Engine) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA synchronous=FULL")
         cursor.close()
 
     @sa.event.listens_for(engine, "begin")

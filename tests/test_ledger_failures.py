@@ -1,0 +1,122 @@
+"""The ledger when its database fails: a dropped connection surfaces as itself (and is retried), the task retries
+every database error instead of acknowledging its message away, and SQLite keeps its commits across power loss."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+import psycopg
+import pytest
+import sqlalchemy as sa
+from services import PrivatePostgres
+from sqlalchemy.engine import Connection
+from stack import Stack, celery_message, publish_raw
+
+from worker.ledger import LEDGER_ERRORS, Ledger, State, SyncLedger, op_get
+
+
+def _terminated_mid_transaction(admin_url: str, times: int) -> Callable[[Connection], int]:
+    """An operation whose connection is killed from a second connection (pg_terminate_backend) in the middle of
+    its transaction, the first `times` it runs; then it reads one row."""
+    runs: list[int] = []
+
+    def operation(connection: Connection) -> int:
+        backend = connection.execute(sa.text("SELECT pg_backend_pid()")).scalar()
+        runs.append(1)
+        if len(runs) <= times:
+            with psycopg.connect(admin_url, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (backend,))
+        return int(connection.execute(sa.text("SELECT 1")).scalar_one())
+
+    return operation
+
+
+async def test_a_connection_dropped_mid_transaction_raises_the_disconnect_itself(postgres_url: str) -> None:
+    ledger = await Ledger.open(postgres_url)
+    try:
+        with pytest.raises(sa.exc.DBAPIError) as caught:
+            await ledger.run(_terminated_mid_transaction(postgres_url, times=2))  # the batch, then alone
+        assert caught.value.connection_invalidated
+        assert isinstance(caught.value, LEDGER_ERRORS)
+        assert await ledger.run(op_get, str(uuid.uuid4())) is None  # the pool let the dead connection go
+    finally:
+        await ledger.close()
+
+
+def test_the_sync_ledger_retries_a_transaction_whose_connection_dropped(postgres_url: str) -> None:
+    ledger = SyncLedger(postgres_url)
+    try:
+        assert ledger.run(_terminated_mid_transaction(postgres_url, times=1)) == 1
+    finally:
+        ledger.close()
+
+
+@pytest.mark.parametrize("opened", ["sync", "async"])
+async def test_sqlite_connections_keep_commits_across_power_loss(sqlite_url: str, opened: str) -> None:
+    def pragmas(connection: Connection) -> tuple[Any, Any]:
+        return (
+            connection.exec_driver_sql("PRAGMA journal_mode").scalar(),
+            connection.exec_driver_sql("PRAGMA synchronous").scalar(),
+        )
+
+    if opened == "sync":
+        ledger = SyncLedger(sqlite_url)
+        found = ledger.run(pragmas)
+        ledger.close()
+    else:
+        worker_ledger = await Ledger.open(sqlite_url)
+        found = await worker_ledger.run(pragmas)
+        await worker_ledger.close()
+    assert found == ("wal", 2)  # 2 is FULL: every commit is synced to disk, WAL included
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        sa.exc.PendingRollbackError,
+        sa.exc.TimeoutError,  # the pool had no connection to give
+        sa.exc.OperationalError,
+        sa.exc.InterfaceError,
+        asyncpg.ConnectionDoesNotExistError,
+        asyncpg.InterfaceError,
+        psycopg.OperationalError,
+        sqlite3.OperationalError,
+        ConnectionRefusedError,
+    ],
+)
+def test_the_task_retries_its_message_on_every_database_error(error: type[Exception]) -> None:
+    from worker.tasks import transfer  # noqa: PLC0415 - registers the task on the app
+
+    assert issubclass(error, transfer.autoretry_for)
+    assert transfer.max_retries is None  # never acknowledged away
+    assert transfer.retry_backoff
+    assert transfer.retry_jitter
+
+
+async def test_a_worker_retries_a_message_through_a_ledger_outage(make_stack: Callable[..., Any]) -> None:
+    database = PrivatePostgres()
+    try:
+        database.start()
+        stack: Stack = await make_stack("rabbitmq", "sqlite", ledger_url=database.url)
+        stack.start_worker()
+        stack.enqueue("call-before")
+        await stack.wait_for(lambda: stack.emulator.state.effects.effects_for_call("call-before") == 1, "a first job")
+        database.stop()
+        task_id = str(uuid.uuid4())
+        request = {"callConnectionId": "call-during", "targetParticipant": "4:+15551234567"}
+        publish_raw(stack.settings, [celery_message(task_id, {"request": request})])
+        await stack.wait_for(lambda: '"task.infrastructure_error"' in stack.logs(), "the task to meet the outage")
+        await asyncio.sleep(1.0)
+        database.start()
+        await stack.wait_for(lambda: stack.emulator.state.effects.effects_for_call("call-during") == 1, "the job")
+        job = await stack.settled(task_id)
+        assert job.state == State.ACCEPTED
+        await asyncio.sleep(1.0)
+        assert len(stack.requests_for("call-during")) == 1
+    finally:
+        database.remove()
