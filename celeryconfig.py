@@ -5,6 +5,8 @@ The reasoning behind each choice (JSON only, late acks, threads feeding one even
 """
 
 from worker.broker import celery_config
-from worker.config import Settings
+from worker.config import read_env
 
-globals().update(celery_config(Settings.from_env()))
+# Not `Settings.from_env()`: a bad setting is refused with one line by the worker's start-up check
+# (`worker.celery_app`), not with a traceback from inside Celery's option parsing.
+globals().update(celery_config(read_env()[0]))

@@ -7,7 +7,8 @@
     GET  /openapi.json          this API described
 
 Every route but /openapi.json needs ``Authorization: Bearer <token>`` with a token from INTAKE_TOKENS
-(compared in constant time): none → 401, a wrong one → 403. Errors are JSON
+(compared in constant time): none or a wrong one → 401 (every token may do everything, so 403 never
+happens). Errors are JSON
 ``{"error": {"code", "message", "details"?: [{"field", "rule"}]}}``; a rejected request writes nothing.
 """
 
@@ -29,13 +30,12 @@ from worker.errors import IdempotencyConflict, Issue, ValidationError
 from worker.ledger import Job, Lane, Ledger, NewJob, op_create_jobs, op_events, op_get
 from worker.metrics import INTAKE
 from worker.models import parse_transfer
-from worker.openapi import OPENAPI
+from worker.openapi import MAX_KEY_LENGTH, OPENAPI
 from worker.producer import prepare_job
 from worker.publisher import Publisher
 from worker.views import history_view, job_view
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-MAX_KEY_LENGTH = 512
 
 
 def error(status: int, code: str, message: str, details: list[dict[str, str]] | None = None) -> web.Response:
@@ -57,7 +57,7 @@ def _authorised(tokens: tuple[str, ...], handler: Handler) -> Handler:
         # Compare with every token, always, so the time taken says nothing about which one nearly matched.
         matches = [hmac.compare_digest(given.strip().encode(), token) for token in expected]
         if not any(matches):
-            return error(403, "Forbidden", "the bearer token is not valid for this intake")
+            return error(401, "Unauthorized", "the bearer token is not valid for this intake (see INTAKE_TOKENS)")
         return await handler(request)
 
     return check
@@ -247,6 +247,8 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         code = failure.reason.replace(" ", "")
         message = "the body is larger than INTAKE_MAX_BODY_BYTES" if failure.status == 413 else failure.reason
         response = error(failure.status, code, message)
+        if "Allow" in failure.headers:  # a 405 names the methods the resource has (RFC 9110)
+            response.headers["Allow"] = failure.headers["Allow"]
     _count(request, response.status)
     return response
 

@@ -20,6 +20,8 @@ from sqlalchemy.engine import Connection
 from worker.ledger import Job, SyncLedger, jobs
 from worker.views import job_view
 
+#: the report's formats, by file extension
+REPORT_FORMATS = (".csv", ".json")
 #: the report's columns, in order
 COLUMNS = (
     "job_id",
@@ -81,7 +83,7 @@ def _fetch(connection: Connection, query: sa.Select[Any]) -> list[Job]:
 
 
 def write_report(ledger: SyncLedger, campaign: str, path: Path) -> ReportSummary:
-    """Write the report (CSV unless the name ends in .json) and return its summary."""
+    """Write the report (CSV, or JSON when the name ends in .json) and return its summary."""
     summary = ReportSummary()
     rows = ({column: job_view(job)[column] for column in COLUMNS} for job in campaign_jobs(ledger, campaign))
     with path.open("w", newline="", encoding="utf-8") as out:
