@@ -4,7 +4,9 @@ Every value comes from the environment through `worker.config.Settings`; see REA
 The reasoning behind each choice (JSON only, late acks, threads feeding one event loop) is in `worker.queue.broker`.
 """
 
-from worker.config import Settings
+from worker.config import read_env
 from worker.queue.broker import celery_config
 
-globals().update(celery_config(Settings.from_env()))
+# Not `Settings.from_env()`: a bad setting is refused with one line by the worker's start-up check
+# (`worker.queue.app`), not with a traceback from inside Celery's option parsing.
+globals().update(celery_config(read_env()[0]))

@@ -5,7 +5,9 @@ A missing service fails the test with the command that starts it; nothing is ski
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
 import socket
 import uuid
 from collections.abc import Iterator
@@ -26,6 +28,39 @@ _START = {
     5672: "rabbitmq-server -detached",
     6379: "redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save '' --appendonly no",
 }
+
+
+#: fixtures that reach RabbitMQ, Redis or PostgreSQL (shared on loopback, or a private instance of its own)
+SERVICE_FIXTURES = frozenset({"postgres_url", "rabbitmq_url", "redis_url", "private_redis", "private_services"})
+SERVICE_KINDS = frozenset({"rabbitmq", "redis", "postgresql"})
+#: a stack built on a service named in the source: make_stack("rabbitmq", ...), make_stack(..., "postgresql")
+#: (a parametrized kind is seen in the test's parameters)
+_STACK_ON_A_SERVICE = re.compile(r'make_stack\(\s*("(rabbitmq|redis)"|[^)]*"postgresql")')
+
+
+def _needs_services(item: pytest.Item) -> bool:
+    names = set(getattr(item, "fixturenames", ()))
+    callspec = getattr(item, "callspec", None)
+    if names & SERVICE_FIXTURES or (callspec is not None and set(map(str, callspec.params.values())) & SERVICE_KINDS):
+        return True
+    info = getattr(item, "_fixtureinfo", None)
+    functions = [getattr(item, "function", None)]
+    if info is not None:
+        functions += [definition.func for defs in info.name2fixturedefs.values() for definition in defs]
+    for function in functions:
+        try:
+            if function is not None and _STACK_ON_A_SERVICE.search(inspect.getsource(function)):
+                return True
+        except (OSError, TypeError):
+            continue
+    return False
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `services` every test that needs one, so `pytest -m "not services"` runs the rest alone."""
+    for item in items:
+        if _needs_services(item):
+            item.add_marker(pytest.mark.services)
 
 
 @pytest.fixture(autouse=True)

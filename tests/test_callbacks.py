@@ -182,7 +182,7 @@ async def test_no_event_ends_dead_and_replay_sends_once_more_under_a_new_request
     make_stack: Callable[..., Any],
 ) -> None:
     stack: Stack = await make_stack(
-        "filesystem", "sqlite", serve=True, repeatability_window=2.0, window_safety_margin=0.5, reconcile_after=1.0
+        "filesystem", "sqlite", serve=True, repeatability_window=2.0, window_safety_margin=0.5, reconcile_after=2.0
     )
     never = [{"kind": "status", "status": 503, "stage": "before"}] * 100
     await stack.set_faults({"by_call": {"call-dead": never}})

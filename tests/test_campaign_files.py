@@ -164,9 +164,27 @@ def test_jsonl_invalid_utf8_is_one_bad_line(tmp_path: Path) -> None:
     assert read[1].issues == ()
 
 
-def test_a_line_too_long_stops_the_file(tmp_path: Path) -> None:
-    with pytest.raises(FileError, match="line 2: is longer than"):
-        rows(tmp_path, HEADER + "x" * (1024 * 1024 + 10) + "\n")
+@pytest.mark.parametrize("file_format", ["csv", "jsonl"])
+def test_a_line_too_long_is_a_rejected_row_between_good_ones(tmp_path: Path, file_format: str) -> None:
+    good = ["call-1,4:+14255550101,a\n", "call-2,4:+14255550102,b\n"]
+    if file_format == "jsonl":
+        good = [
+            json.dumps({"callConnectionId": f"call-{n}", "targetParticipant": "4:+14255550101"}) + "\n" for n in (1, 2)
+        ]
+    header = HEADER if file_format == "csv" else ""
+    read = rows(tmp_path, header + good[0] + "x" * (3 * 1024 * 1024) + "\n" + good[1], file_format)
+    assert [row.issues == () for row in read] == [True, False, True]
+    first = 2 if file_format == "csv" else 1
+    assert [row.line for row in read] == [first, first + 1, first + 2]
+    assert issues(read[1]) == [("(row)", f"line {first + 1} is longer than 1048576 bytes")]
+    assert len(read[1].raw) < 300  # only its start is kept
+
+
+def test_a_file_without_rows_says_so(tmp_path: Path) -> None:
+    with pytest.raises(FileError, match="a header but no rows"):
+        rows(tmp_path, HEADER + "\n")
+    with pytest.raises(FileError, match="no rows"):
+        rows(tmp_path, "\n\n", "jsonl")
 
 
 def test_reading_streams_in_flat_memory(tmp_path: Path) -> None:

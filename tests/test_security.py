@@ -96,7 +96,7 @@ def test_a_full_run_at_debug_level_shows_no_secret_anywhere(postgres_url: str, t
         claim_lease=1.0,
         sweep_interval=0.5,
         republish_after=2.0,
-        reconcile_after=2.0,
+        reconcile_after=8.0,  # at least the window, as Settings requires
         repeatability_window=8.0,
         window_safety_margin=2.0,
         serve_port=serve_port,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from worker.errors import ConfigError
+from worker.errors import ConfigError, Issue
 from worker.redact import mask_url
 
 DEFAULT_API_VERSION = "2024-09-15"
@@ -46,27 +47,45 @@ class AcsCredentials:
 
     @classmethod
     def from_connection_string(cls, text: str) -> AcsCredentials:
-        parts: dict[str, str] = {}
-        for element in text.split(";"):
-            name, _, value = element.strip().partition("=")
-            if name:
-                parts[name.strip().lower()] = value.strip()
-        endpoint, key = parts.get("endpoint", ""), parts.get("accesskey", "")
-        if not endpoint or not key:
-            raise ConfigError("ACS_CONNECTION_STRING must look like endpoint=https://<resource>/;accesskey=<key>")
-        url = urlsplit(endpoint)
-        if url.scheme not in {"http", "https"} or not url.hostname:
-            raise ConfigError("ACS_CONNECTION_STRING endpoint must be an http(s) URL with a host")
-        try:
-            decoded = base64.b64decode(key, validate=True)
-        except (binascii.Error, ValueError):
-            raise ConfigError("ACS_CONNECTION_STRING accesskey is not valid base64") from None
-        if not decoded:
-            raise ConfigError("ACS_CONNECTION_STRING accesskey is empty")
-        return cls(urlunsplit((url.scheme, url.netloc, "", "", "")), decoded)
+        parsed = _parse_connection_string(text)
+        if isinstance(parsed, str):
+            raise ConfigError(f"ACS_CONNECTION_STRING {parsed}", [Issue("ACS_CONNECTION_STRING", parsed)])
+        return parsed
 
     def connection_string(self) -> str:
         return f"endpoint={self.endpoint}/;accesskey={base64.b64encode(self.access_key).decode()}"
+
+
+def _parse_connection_string(text: str) -> AcsCredentials | str:
+    """The credentials in a connection string, or the rule it breaks (never echoing the key)."""
+    parts: dict[str, str] = {}
+    for element in text.split(";"):
+        name, _, value = element.strip().partition("=")
+        if name:
+            parts[name.strip().lower()] = value.strip()
+    endpoint, key = parts.get("endpoint", ""), parts.get("accesskey", "")
+    if not endpoint or not key:
+        return "must look like endpoint=https://<resource>/;accesskey=<base64 key>"
+    url = urlsplit(endpoint)
+    if url.scheme not in {"http", "https"} or not url.hostname:
+        return "endpoint must be an https URL with a host"
+    if url.scheme == "http" and not _is_local_host(url.hostname):
+        return "endpoint must use https (http only to a loopback host or a local service name without dots)"
+    try:
+        decoded = base64.b64decode(key, validate=True)
+    except (binascii.Error, ValueError):
+        return "accesskey is not valid base64"
+    if not decoded:
+        return "accesskey is empty"
+    return AcsCredentials(urlunsplit((url.scheme, url.netloc, "", "", "")), decoded)
+
+
+def _is_local_host(host: str) -> bool:
+    """Loopback, or a single-label name such as a compose service (``emulator``); ACS itself is never either."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost" or host.endswith(".localhost") or "." not in host
 
 
 @dataclass(frozen=True)
@@ -162,14 +181,19 @@ class Settings:
             object.__setattr__(self, "bulk_queue", f"{self.queue}.bulk")
         if not self.ledger_url:
             object.__setattr__(self, "ledger_url", f"sqlite:///{(self.home / 'ledger.db').as_posix()}")
-        if self.window_safety_margin >= self.repeatability_window:
-            raise ConfigError("REPEATABILITY_SAFETY_MARGIN must be smaller than REPEATABILITY_WINDOW")
-        if self.log_format not in {"auto", "json", "console"}:
-            raise ConfigError("LOG_FORMAT must be auto, json or console")
-        if self.acs_endpoint:
-            if self.acs_connection_string:
-                raise ConfigError(_BOTH_ACS_AUTH)
-            object.__setattr__(self, "acs_endpoint", EntraIdEndpoint.parse(self.acs_endpoint).endpoint)
+        elif self.ledger_url.startswith("postgres://"):  # the spelling Heroku and others hand out
+            object.__setattr__(self, "ledger_url", "postgresql://" + self.ledger_url.removeprefix("postgres://"))
+
+    def problems(self) -> list[Issue]:
+        """Every rule of `RULES` these settings break, each naming its variable."""
+        return [Issue(rule.variable, broken) for rule in RULES if (broken := rule.broken(self)) is not None]
+
+    def check(self) -> Settings:
+        """These settings, if they break no rule; else `ConfigError` naming every variable and rule."""
+        issues = self.problems()
+        if issues:
+            raise ConfigError(_summary(issues), issues)
+        return self
 
     @property
     def acs(self) -> AcsCredentials:
@@ -221,17 +245,145 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for name, (variable, parse) in ENVIRONMENT.items():
-            raw = env.get(variable)
-            if raw is None or raw == "":
-                continue
-            try:
-                values[name] = parse(raw)
-            except ValueError:
-                raise ConfigError(f"{variable}={raw!r} is not a valid {parse.__name__}") from None
-        return cls(**values)
+        """Settings from the environment, checked completely: `ConfigError` names every bad variable."""
+        settings, issues = read_env(environ)
+        if issues:
+            raise ConfigError(_summary(issues), issues)
+        return settings
+
+
+def read_env(environ: Mapping[str, str] | None = None) -> tuple[Settings, list[Issue]]:
+    """Settings from the environment and every rule broken, without raising; a variable that does not parse
+    keeps its default (and is reported), so a report can show all of them at once."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    issues: list[Issue] = []
+    for name, (variable, parse) in ENVIRONMENT.items():
+        raw = env.get(variable)
+        if raw is None or raw == "":
+            continue
+        try:
+            values[name] = parse(raw)
+        except ValueError:
+            shown = "the value" if name in SECRET_FIELDS else repr(raw)
+            issues.append(Issue(variable, f"{shown} is not a valid {parse.__name__}"))
+    settings = Settings(**values)
+    failed = {issue.field for issue in issues}
+    return settings, issues + [issue for issue in settings.problems() if issue.field not in failed]
+
+
+def _summary(issues: list[Issue]) -> str:
+    return "; ".join(str(issue) for issue in issues)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One rule of a valid configuration: the variable it names and a check returning what is wrong, if anything."""
+
+    variable: str
+    broken: Callable[[Settings], str | None]
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("auto", "json", "console")
+#: broker URL schemes and what they are; anything else has no transport here
+BROKER_SCHEMES = {
+    "amqp": "RabbitMQ",
+    "amqps": "RabbitMQ over TLS",
+    "pyamqp": "RabbitMQ",
+    "redis": "Redis",
+    "rediss": "Redis over TLS",
+    "filesystem": "the embedded file transport",
+}
+LEDGER_BACKENDS = ("sqlite", "postgresql")
+
+
+def _scheme(url: str) -> str:
+    return url.partition("://")[0].lower() if "://" in url else ""
+
+
+def _connection_string_rule(settings: Settings) -> str | None:
+    if settings.acs_connection_string is None:
+        return None  # required only to send: a worker asks for it with `Settings.acs`
+    parsed = _parse_connection_string(settings.acs_connection_string)
+    return parsed if isinstance(parsed, str) else None
+
+
+def _endpoint_rule(settings: Settings) -> str | None:
+    if not settings.acs_endpoint:
+        return None
+    if settings.acs_connection_string:
+        return _BOTH_ACS_AUTH
+    try:
+        EntraIdEndpoint.parse(settings.acs_endpoint)
+    except ConfigError as error:
+        return str(error).removeprefix(f"ACS_ENDPOINT={mask_url(settings.acs_endpoint)!r} ")
+    return None
+
+
+def _one_of(value: str, allowed: tuple[str, ...]) -> str | None:
+    return None if value in allowed else f"{value!r} is not one of {', '.join(allowed)}"
+
+
+def _broker_rule(settings: Settings) -> str | None:
+    scheme = _scheme(settings.broker_url)
+    if scheme in BROKER_SCHEMES:
+        return None
+    return f"scheme {scheme or '(none)'!r} is not supported; use one of " + ", ".join(
+        f"{name}://" for name in BROKER_SCHEMES
+    )
+
+
+def _ledger_rule(settings: Settings) -> str | None:
+    backend = _scheme(settings.ledger_url).partition("+")[0]
+    if backend not in LEDGER_BACKENDS:
+        return f"must be sqlite:///PATH or postgresql://user:pass@host/db (or postgres://), not {backend or '(none)'!r}"
+    return None
+
+
+def _http_url_rule(value: str | None) -> str | None:
+    if value is None:
+        return None
+    url = urlsplit(value)
+    return None if url.scheme in {"http", "https"} and url.hostname else "must be an http(s) URL with a host"
+
+
+def _redis_url_rule(value: str | None) -> str | None:
+    if value is None or _scheme(value) in {"redis", "rediss", "unix"}:
+        return None
+    return "must be a redis://, rediss:// or unix:// URL"
+
+
+def _margin_rule(settings: Settings) -> str | None:
+    margin, window = settings.window_safety_margin, settings.repeatability_window
+    if 0 <= margin < window:
+        return None
+    return f"must be at least 0 and below REPEATABILITY_WINDOW ({window:g}), not {margin:g}"
+
+
+def _reconcile_rule(settings: Settings) -> str | None:
+    # An unknown job must not reach an operator's replay while ACS may still act on its request id.
+    if settings.reconcile_after >= settings.repeatability_window:
+        return None
+    window, waited = settings.repeatability_window, settings.reconcile_after
+    return f"must be at least REPEATABILITY_WINDOW ({window:g}), not {waited:g}"
+
+
+#: every rule a configuration must satisfy besides each variable's own type and range (in `ENVIRONMENT`);
+#: a new setting with a rule is one more entry here
+RULES: tuple[Rule, ...] = (
+    Rule("ACS_CONNECTION_STRING", _connection_string_rule),
+    Rule("ACS_ENDPOINT", _endpoint_rule),
+    Rule("CELERY_BROKER_URL", _broker_rule),
+    Rule("LEDGER_URL", _ledger_rule),
+    Rule("LOG_LEVEL", lambda s: _one_of(s.log_level, LOG_LEVELS)),
+    Rule("LOG_FORMAT", lambda s: _one_of(s.log_format, LOG_FORMATS)),
+    Rule("REPEATABILITY_SAFETY_MARGIN", _margin_rule),
+    Rule("RECONCILE_AFTER", _reconcile_rule),
+    Rule("CALLBACK_BASE_URL", lambda s: _http_url_rule(s.callback_base_url)),
+    Rule("CALLBACK_JWKS_URL", lambda s: _http_url_rule(s.callback_jwks_url)),
+    Rule("RATE_LIMIT_REDIS_URL", lambda s: _redis_url_rule(s.rate_limit_redis_url)),
+)
 
 
 _BOTH_ACS_AUTH = "set only one of ACS_CONNECTION_STRING (access key) and ACS_ENDPOINT (Microsoft Entra ID), not both"
@@ -306,7 +458,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "request_timeout": ("ACS_REQUEST_TIMEOUT", _positive(float)),
     "max_connections": ("ACS_MAX_CONNECTIONS", _positive(int)),
     "repeatability_window": ("REPEATABILITY_WINDOW", _positive(float)),
-    "window_safety_margin": ("REPEATABILITY_SAFETY_MARGIN", float),
+    "window_safety_margin": ("REPEATABILITY_SAFETY_MARGIN", _non_negative),
     "backoff_base": ("RETRY_BACKOFF_BASE", _positive(float)),
     "backoff_cap": ("RETRY_BACKOFF_CAP", _positive(float)),
     "claim_lease": ("CLAIM_LEASE", _positive(float)),

@@ -3,11 +3,12 @@ the value came from. Secrets are masked, so the report is safe to paste into a t
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from worker.config import ENVIRONMENT, SECRET_FIELDS, Settings, fields_set_in_environment
+from worker.config import ENVIRONMENT, SECRET_FIELDS, Settings, fields_set_in_environment, read_env
 from worker.redact import MASK, mask_url
 
 
@@ -16,6 +17,7 @@ class Entry:
     variable: str
     value: str
     source: str  # "env" or "default"
+    problem: str = ""  # the rule the value breaks, if it breaks one
 
 
 def shown(name: str, value: Any) -> str:
@@ -42,13 +44,20 @@ def acs_authentication(settings: Settings) -> str:
 
 
 def effective_config(environ: Mapping[str, str] | None = None) -> list[Entry]:
-    """One entry per variable, in `ENVIRONMENT` order (`environ` defaults to the process's environment).
-
-    Raises `ConfigError` as `Settings.from_env` does.
-    """
-    settings = Settings.from_env(environ)
-    from_env = fields_set_in_environment(environ)
-    return [
-        Entry(variable, shown(name, getattr(settings, name)), "env" if name in from_env else "default")
-        for name, (variable, _) in ENVIRONMENT.items()
-    ]
+    """One entry per variable, in `ENVIRONMENT` order (`environ` defaults to the process's environment), each
+    with the rule it breaks, if any: a value that does not parse is shown as given (masked if secret)."""
+    env = os.environ if environ is None else environ
+    settings, issues = read_env(env)
+    problems = {issue.field: issue.rule for issue in issues}
+    from_env = fields_set_in_environment(env)
+    entries = []
+    for name, (variable, parse) in ENVIRONMENT.items():
+        value: Any = getattr(settings, name)
+        if variable in problems and name in from_env:
+            try:
+                parse(env[variable])
+            except ValueError:
+                value = env[variable]
+        source = "env" if name in from_env else "default"
+        entries.append(Entry(variable, shown(name, value), source, problems.get(variable, "")))
+    return entries

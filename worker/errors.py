@@ -24,10 +24,6 @@ class TransferError(Exception):
     """Base class of every error raised on purpose by this package."""
 
 
-class ConfigError(TransferError):
-    """A setting is missing or malformed."""
-
-
 @dataclass(frozen=True)
 class Issue:
     """One broken rule: where (a field path such as ``customCallingContext.sipHeaders``) and what."""
@@ -37,6 +33,14 @@ class Issue:
 
     def __str__(self) -> str:
         return f"{self.field}: {self.rule}"
+
+
+class ConfigError(TransferError):
+    """One or more settings are missing or malformed; `issues` names each variable and its rule."""
+
+    def __init__(self, message: str, issues: Sequence[Issue] = ()) -> None:
+        self.issues = tuple(issues)
+        super().__init__(message)
 
 
 class ValidationError(TransferError, ValueError):

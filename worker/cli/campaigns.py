@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import time
@@ -18,7 +19,7 @@ from worker.ledger import State, SyncLedger
 from worker.ledger.campaign import Progress, check_name, op_get_campaign, op_progress, op_save_campaign, parse_rate
 from worker.produce.campaign_files import FORMATS, FileError, detect_format, read_rows
 from worker.produce.campaign_submit import DEFAULT_BATCH, SHOWN_REJECTS, RejectsFile, Submitter, Summary
-from worker.produce.reports import write_report
+from worker.produce.reports import REPORT_FORMATS, write_report
 
 #: exit statuses of `submit`, for scripts
 ALL_VALID, SOME_REJECTED, UNREADABLE, INTERRUPTED = 0, 1, 2, 130
@@ -38,12 +39,27 @@ def _rate(_: click.Context, __: click.Parameter, value: str | None) -> float | N
         raise click.BadParameter(str(error)) from None
 
 
+def _report_path(_: click.Context, __: click.Parameter, value: Path | None) -> Path | None:
+    if value is None:
+        return None
+    if value.suffix.lower() not in REPORT_FORMATS:
+        raise click.BadParameter(f"{value.name!r} must end in {' or '.join(REPORT_FORMATS)}")
+    folder = value.parent if str(value.parent) else Path()
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise click.BadParameter(f"cannot write in {folder}: it is missing or not writable")
+    return value
+
+
 @click.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--campaign", "name", required=True, callback=_campaign_name, help="The campaign's name.")
 @click.option("--rate", callback=_rate, help="Pace it: N/s, N/min or N/h (kept from an earlier submit if omitted).")
 @click.option("--key-column", help="Column (CSV) or field (JSONL) naming each row; default: a hash of its content.")
-@click.option("--rejects", type=click.Path(dir_okay=False, path_type=Path), help="Default: FILE.rejects.jsonl.")
+@click.option(
+    "--rejects",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Default: FILE.rejects.jsonl (written beside, then renamed into place; never the input file).",
+)
 @click.option("--format", "file_format", type=click.Choice(["auto", *FORMATS]), default="auto", show_default=True)
 @click.option("--batch-size", default=DEFAULT_BATCH, show_default=True, type=click.IntRange(1, 10_000))
 def submit(
@@ -56,7 +72,8 @@ def submit(
     batch_size: int,
 ) -> None:
     """Enqueue every valid row of a CSV or JSONL FILE as a job of a campaign; re-running it adds only what is
-    missing. Exits 0 when all rows were valid, 1 when some were rejected, 2 when the file cannot be read, 130
+    missing. Exits 0 when all rows were valid, 1 when some were rejected, 2 when the file cannot be read or has
+    no rows, or its first 1,000 rows are all rejected (then nothing is enqueued and no campaign created), 130
     when interrupted (the first Ctrl-C finishes the batch in hand)."""
     from worker.queue.app import create_app  # noqa: PLC0415
     from worker.queue.bulk import BatchPublisher  # noqa: PLC0415 - keeps the other commands light
@@ -65,12 +82,22 @@ def submit(
         file_format = detect_format(file, file_format)
     except ValueError as error:
         raise click.UsageError(str(error)) from None
+    rejects = rejects or file.with_name(file.name + ".rejects.jsonl")
+    if rejects.exists() and os.path.samefile(rejects, file):
+        raise click.BadParameter("names the input file: give another path", param_hint="--rejects")
     loaded = settings()
+    try:
+        rejects_file = RejectsFile(rejects)
+    except OSError as error:
+        raise click.BadParameter(f"cannot write beside {rejects}: {error.strerror}", param_hint="--rejects") from None
     ledger = SyncLedger(loaded.ledger_url)
     publisher = BatchPublisher(create_app(loaded), loaded)
-    rejects_file = RejectsFile(rejects or file.with_name(file.name + ".rejects.jsonl"))
+
+    def save_campaign() -> None:
+        ledger.run(op_save_campaign, name, rate, str(file), time.time())
+
     submitter = Submitter(
-        ledger, publisher.publish, name, rejects_file, key_column, batch_size, loaded.callback_base_url
+        ledger, publisher.publish, name, rejects_file, key_column, batch_size, loaded.callback_base_url, save_campaign
     )
     status = ALL_VALID
 
@@ -84,7 +111,6 @@ def submit(
 
     previous = signal.signal(signal.SIGINT, stop)
     try:
-        ledger.run(op_save_campaign, name, rate, str(file), time.time())
         size = file.stat().st_size
         bar: ProgressBar[int] = click.progressbar(
             length=max(1, size),
@@ -97,15 +123,22 @@ def submit(
         with bar:
             submitter.submit(read_rows(file, file_format, key_column, bar.update))
     except FileError as error:
+        for reject in submitter.summary.rejects[:3]:
+            click.echo(f"rejected {reject}", err=True)
         click.echo(f"error: {file}: {error}", err=True)
         status = UNREADABLE
     except KeyboardInterrupt:
         submitter.stopping = True
     finally:
         signal.signal(signal.SIGINT, previous)
-        rejects_file.close()
+        if status == UNREADABLE:
+            rejects_file.discard()
+        else:
+            rejects_file.close()
         publisher.close()
         ledger.close()
+    if status == UNREADABLE:
+        sys.exit(status)  # nothing was enqueued: the file is refused whole
     if submitter.stopping:
         click.echo("interrupted: run the same command again to enqueue the rest", err=True)
         status = INTERRUPTED
@@ -145,6 +178,7 @@ def _print_summary(name: str, summary: Summary, rejects: Path) -> None:
 @click.option(
     "--report",
     type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    callback=_report_path,
     help="Write one row per job (final state, ACS result, attempts, timings) to FILE: .csv, or .json.",
 )
 def campaign(name: str, watch: bool, interval: float, as_json: bool, report: Path | None) -> None:
@@ -179,7 +213,10 @@ def campaign(name: str, watch: bool, interval: float, as_json: bool, report: Pat
 
 
 def _write_report(ledger: SyncLedger, name: str, path: Path) -> None:
-    summary = write_report(ledger, name, path)
+    try:
+        summary = write_report(ledger, name, path)
+    except OSError as error:
+        raise click.ClickException(f"cannot write the report {path}: {error.strerror or error}") from None
     click.echo(f"report: {summary.rows} jobs written to {path}")
     if summary.results:
         click.echo("  outcomes reported by ACS:")
@@ -191,8 +228,11 @@ def _table(progress: Progress) -> list[str]:
     lines = [f"  {state:<16}{progress.counts.get(state, 0):>10}" for state in State.ALL]
     if progress.awaiting_dispatch:
         lines[0] += f"   {progress.awaiting_dispatch} awaiting dispatch at the campaign's rate"
-    share = 100.0 * progress.settled / progress.total if progress.total else 0.0
-    lines.append(f"  {'total':<16}{progress.total:>10}   settled {progress.settled} ({share:.1f}%)")
+    share = 100.0 * progress.final / progress.total if progress.total else 0.0
+    lines.append(
+        f"  {'total':<16}{progress.total:>10}   final {progress.final} ({share:.1f}%), awaiting an outcome event "
+        f"{progress.awaiting_outcome}, in progress {progress.active}"
+    )
     lines.append(f"  {'rate':<16}{progress.rate:>10.1f}   jobs settled/s over the last {progress.window:g} s")
     return lines
 
@@ -204,6 +244,8 @@ def _document(name: str, progress: Progress) -> dict[str, object]:
         "total": progress.total,
         "active": progress.active,
         "settled": progress.settled,
+        "awaiting_outcome": progress.awaiting_outcome,
+        "final": progress.final,
         "rate": round(progress.rate, 3),
         "window": progress.window,
         "awaiting_dispatch": progress.awaiting_dispatch,

@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import click
 
-from worker.config import Settings
+from worker.config import read_env
 from worker.effective_config import acs_authentication, effective_config
-from worker.errors import ConfigError
 
 
 @click.command()
 def config() -> None:
     """Print every setting as VARIABLE=value with its source (env or default), secrets masked; then, as a comment,
-    how ACS is authenticated."""
-    try:
-        entries = effective_config()
-        authentication = acs_authentication(Settings.from_env())
-    except ConfigError as error:
-        raise click.ClickException(str(error)) from None
+    how ACS is authenticated.
+
+    A value that breaks a rule is marked INVALID with the rule, and the exit status is then 1."""
+    entries = effective_config()
     width = max(len(f"{entry.variable}={entry.value}") for entry in entries)
     for entry in entries:
-        click.echo(f"{entry.variable}={entry.value}".ljust(width) + f"  # {entry.source}")
-    click.echo(f"# ACS authentication: {authentication}")
+        mark = f"  INVALID: {entry.problem}" if entry.problem else ""
+        click.echo(f"{entry.variable}={entry.value}".ljust(width) + f"  # {entry.source}{mark}")
+    click.echo(f"# ACS authentication: {acs_authentication(read_env()[0])}")
+    invalid = [entry.variable for entry in entries if entry.problem]
+    if invalid:
+        raise click.ClickException(f"invalid configuration: {', '.join(invalid)} (marked INVALID above)")

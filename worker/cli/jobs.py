@@ -72,6 +72,12 @@ def enqueue(
     finally:
         producer.close()
     click.echo(result.job_id)
+    if not result.published:
+        click.echo(
+            "warning: the broker (CELERY_BROKER_URL) did not take the message; the job is saved and a worker "
+            "publishes it once the broker answers (check that it is up)",
+            err=True,
+        )
     if not result.created:
         click.echo(f"(existing job for this idempotency key, state {result.job.state})", err=True)
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import secrets
 import sys
 from typing import Any
 
 import click
 
-from worker.cli.common import settings
+from worker.cli.common import LISTEN_ERRORS, listen_failure, settings
+from worker.config import AcsCredentials
 
 
 @click.command()
@@ -34,31 +36,48 @@ def emulator(
     entra_clients: tuple[str, ...],
     token_lifetime: int,
 ) -> None:
-    """Run the local ACS emulator, verifying signatures with the key in ACS_CONNECTION_STRING and the Microsoft
-    Entra ID tokens it issues to --entra-client clients (then ACS_CONNECTION_STRING is optional)."""
-    import secrets  # noqa: PLC0415
+    """Run the local ACS emulator, verifying signatures with the key in ACS_CONNECTION_STRING (without it, with a
+    key made for this run, printed as the connection string to use) and the Microsoft Entra ID tokens it issues
+    to --entra-client clients."""
     import ssl  # noqa: PLC0415
 
     from worker.emulator import EmulatorConfig, FaultPlan, run_emulator  # noqa: PLC0415
+    from worker.emulator.config import DEFAULT_RESOURCE_ID  # noqa: PLC0415
     from worker.emulator.entra import EntraConfig  # noqa: PLC0415
 
     clients = dict(client.partition("=")[::2] for client in entra_clients)
     if not all(clients) or not all(clients.values()):
         raise click.BadParameter("each must be CLIENT_ID=SECRET", param_hint="--entra-client")
-    loaded = settings()
-    # Tokens only: a random key, which no client has, signs nothing.
-    key = loaded.acs.access_key if loaded.acs_connection_string or not clients else secrets.token_bytes(32)
+    config = settings()
+    scheme = "https" if tls_cert else "http"
+    reachable = f"{scheme}://{'127.0.0.1' if host in {'0.0.0.0', '::', ''} else host}:{port}"  # noqa: S104
+    if config.acs_connection_string:
+        key = config.acs.access_key
+    else:
+        key = secrets.token_bytes(32)
+        if not clients:
+            click.echo("ACS_CONNECTION_STRING is not set: this emulator made a key for this run.", err=True)
+            click.echo(f"export ACS_CONNECTION_STRING='{AcsCredentials(reachable, key).connection_string()}'")
+    # What `acs-transfer serve` needs to verify this emulator's signed outcome events.
+    click.echo(f"export ACS_RESOURCE_ID={DEFAULT_RESOURCE_ID} CALLBACK_JWKS_URL={reachable}/calling/keys")
+    click.echo(
+        "Workers, producers and `acs-transfer serve` use the export lines above (paste them into their shells).",
+        err=True,
+    )
     faults = FaultPlan.from_json(json.load(faults_file)) if faults_file else FaultPlan()
     context = None
     if tls_cert:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(tls_cert, tls_key)
-    base = f"{'https' if context else 'http'}://{host}:{port}"
-    click.echo(f"ACS emulator on {base}", err=True)
     entra = EntraConfig(clients=clients, token_lifetime=token_lifetime)
     if clients:
-        click.echo(f"Microsoft Entra ID authority {base}, tenant {entra.tenant_id}", err=True)
-    run_emulator(EmulatorConfig(access_key=key, faults=faults, entra=entra), host, port, ssl_context=context)
+        click.echo(f"Microsoft Entra ID authority {reachable}, tenant {entra.tenant_id}", err=True)
+    try:
+        run_emulator(EmulatorConfig(access_key=key, faults=faults, entra=entra), host, port, ssl_context=context)
+    except OSError as error:
+        if error.errno not in LISTEN_ERRORS:
+            raise
+        raise click.ClickException(listen_failure(host, port, error)) from None
 
 
 @click.command()

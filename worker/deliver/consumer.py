@@ -3,6 +3,7 @@ messages in the ledger before acknowledging them, so a poison message is explain
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +43,20 @@ class RecordingConsumer(Consumer):
             # died with the server, and the sweeper re-publishes their jobs.
             consumer: Any = self  # celery-types does not describe connection_errors
             consumer.connection_errors = (*consumer.connection_errors, AttributeError)
+
+    def start(self) -> None:
+        try:
+            super().start()
+        except Exception as error:
+            # RabbitMQ gives each node name one exclusive remote-control queue: a second worker with the same name
+            # (two `celery -A worker worker` on one host) cannot have it and would end in a long traceback.
+            if type(error).__name__ == "ResourceLocked" and "pidbox" in str(error):
+                sys.stderr.write(
+                    f"acs-transfer worker: another worker already runs as {self.hostname}: each worker on a host "
+                    "needs its own -n name, e.g. celery -A worker worker -n worker2@%h\n"
+                )
+                raise SystemExit(1) from None
+            raise
 
     def update_strategies(self) -> None:
         super().update_strategies()

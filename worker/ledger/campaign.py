@@ -96,7 +96,17 @@ class Progress:
 
     @property
     def settled(self) -> int:
+        """Jobs the workers are done with (accepted and unknown ones included)."""
         return self.total - self.active
+
+    @property
+    def awaiting_outcome(self) -> int:
+        """Accepted or unknown: sent, and waiting for the outcome event that makes them final."""
+        return self.counts.get(State.ACCEPTED, 0) + self.counts.get(State.UNKNOWN, 0)
+
+    @property
+    def final(self) -> int:
+        return sum(self.counts.get(state, 0) for state in State.FINAL)
 
     @property
     def rate(self) -> float:

@@ -477,6 +477,11 @@ def op_dead_messages(connection: Connection, limit: int) -> list[dict[str, Any]]
     return [row._asdict() for row in connection.execute(query)]
 
 
+def op_dead_message(connection: Connection, message_id: int) -> dict[str, Any] | None:
+    row = connection.execute(sa.select(dead_messages).where(dead_messages.c.id == message_id)).first()
+    return row._asdict() if row is not None else None
+
+
 def op_take_lease(connection: Connection, name: str, holder: str, now: float, until: float) -> bool:
     """Hold a named lease (e.g. the sweeper's) if it is free, expired, or already ours."""
     _insert_ignoring_conflicts(connection, leases, [{"name": name, "holder": holder, "until": until}], leases.c.name)

@@ -98,6 +98,14 @@ def _ensure_sqlite_folder(url: str) -> None:
         Path(database).parent.mkdir(parents=True, exist_ok=True)
 
 
+def database_error_detail(error: Exception) -> str | None:
+    """The database's own first line for an error the database raised (unreachable, refused, ...); None for any
+    other error."""
+    if not isinstance(error, sa.exc.DBAPIError):
+        return None
+    return str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
+
+
 class SyncLedger:
     """The ledger for synchronous callers: producers, the CLI, reports."""
 

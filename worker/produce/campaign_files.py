@@ -11,7 +11,8 @@ Two formats, both streamed (memory stays flat whatever the file's size):
 
 Either may carry a key column (CSV) or field (JSONL) that names the row for idempotency. Blank lines are
 skipped; a UTF-8 byte order mark is ignored. A row that cannot be read becomes a `Row` with issues (and its
-raw text), never an exception; only a file that cannot be read at all (bad header) raises `FileError`.
+raw text), never an exception, also a line longer than `MAX_LINE_BYTES`; only a file that cannot be read at
+all (bad header, no rows) raises `FileError`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from worker.errors import Issue
+from worker.text import has_lone_surrogates
 
 #: columns a CSV file may have besides sip.*, voip.* and its key column
 WIRE_COLUMNS = (
@@ -38,8 +40,10 @@ REQUIRED_COLUMNS = ("callConnectionId", "targetParticipant")
 SIP_PREFIX = "sip."
 VOIP_PREFIX = "voip."
 MAX_KEY_LENGTH = 256
-#: longer physical lines are not a campaign file; refusing them keeps memory bounded
+#: a longer physical line is a rejected row (only its start is kept, so memory stays bounded)
 MAX_LINE_BYTES = 1024 * 1024
+#: how much of an over-long line a reject shows
+SHOWN_BYTES = 200
 FORMATS = ("csv", "jsonl")
 
 
@@ -99,6 +103,8 @@ class _Lines:
         self.number = 0
         self._taken: list[str] = []
         self._first = 1
+        #: over-long lines among those read since the last take: their record is rejected
+        self.oversized: list[int] = []
 
     def __iter__(self) -> Iterator[str]:
         while True:
@@ -106,16 +112,30 @@ class _Lines:
             if not data:
                 return
             self.number += 1
+            if not self._taken:
+                self._first = self.number
             if len(data) > MAX_LINE_BYTES:
-                raise FileError(self.number, f"is longer than {MAX_LINE_BYTES} bytes: not a campaign file?")
+                # Read past the rest of it and hand the parser an empty line in its place.
+                self._progress(len(data) + self._skip_line(data))
+                self.oversized.append(self.number)
+                self._taken.append(data[:SHOWN_BYTES].decode("utf-8", errors="replace") + "...\n")
+                yield "\n"
+                continue
             self._progress(len(data))
             text = data.decode("utf-8", errors="surrogateescape")
             if self.number == 1:
                 text = text.removeprefix("\ufeff")
-            if not self._taken:
-                self._first = self.number
             self._taken.append(text)
             yield text
+
+    def _skip_line(self, data: bytes) -> int:
+        skipped = 0
+        while not data.endswith(b"\n"):
+            data = self._handle.readline(MAX_LINE_BYTES)
+            if not data:
+                break
+            skipped += len(data)
+        return skipped
 
     def take(self) -> tuple[int, str]:
         """(first line number, text) of the lines read since the last take."""
@@ -123,9 +143,13 @@ class _Lines:
         self._taken.clear()
         return self._first, raw
 
-
-def _has_surrogates(text: str) -> bool:
-    return any(0xD800 <= ord(ch) < 0xE000 for ch in text)
+    def take_oversized(self) -> Issue | None:
+        """The issue of a record that spans an over-long line, if the last one did."""
+        if not self.oversized:
+            return None
+        lines = ", ".join(map(str, self.oversized))
+        self.oversized.clear()
+        return Issue("(row)", f"line {lines} is longer than {MAX_LINE_BYTES} bytes")
 
 
 def _check_key(value: object, column: str, issues: list[Issue]) -> str | None:
@@ -138,7 +162,7 @@ def _check_key(value: object, column: str, issues: list[Issue]) -> str | None:
     key = str(value)
     if not key.strip():
         issues.append(Issue(column, "the key is empty: every row needs one"))
-    elif len(key) > MAX_KEY_LENGTH or _has_surrogates(key):
+    elif len(key) > MAX_KEY_LENGTH or has_lone_surrogates(key):
         issues.append(Issue(column, f"the key must be at most {MAX_KEY_LENGTH} characters of valid UTF-8"))
     else:
         return key
@@ -181,6 +205,7 @@ def _check_header(cells: list[str], line: int, key_column: str | None) -> list[s
 def _csv_rows(lines: _Lines, key_column: str | None) -> Iterator[Row]:
     reader = csv.reader(iter(lines), strict=True)
     header: list[str] | None = None
+    any_row = False
     while True:
         try:
             cells = next(reader)
@@ -190,26 +215,36 @@ def _csv_rows(lines: _Lines, key_column: str | None) -> Iterator[Row]:
             line, raw = lines.take()
             if header is None:
                 raise FileError(line, f"the header is not valid CSV: {error}") from None
-            yield Row(line, raw, issues=(Issue("(row)", f"is not valid CSV: {error}"),))
+            any_row = True
+            yield Row(line, raw, issues=(lines.take_oversized() or Issue("(row)", f"is not valid CSV: {error}"),))
             continue
         line, raw = lines.take()
+        too_long = lines.take_oversized()
+        if too_long is not None:
+            if header is None:
+                raise FileError(line, f"the header: {too_long.rule}: not a campaign file?")
+            yield Row(line, raw, issues=(too_long,))
+            continue
         if not any(cell.strip() for cell in cells):
             continue  # a blank line
         if header is None:
-            if _has_surrogates(raw):
+            if has_lone_surrogates(raw):
                 raise FileError(line, "the header is not valid UTF-8")
             header = _check_header(cells, line, key_column)
             continue
+        any_row = True
         yield _csv_row(header, cells, line, raw, key_column)
     if header is None:
         raise FileError(lines.number, "the file has no header row (and no rows)")
+    if not any_row:
+        raise FileError(lines.number, "the file has a header but no rows: nothing to enqueue")
 
 
 def _csv_row(header: list[str], cells: list[str], line: int, raw: str, key_column: str | None) -> Row:
     if len(cells) != len(header):
         issue = Issue("(row)", f"has {len(cells)} cells where the header has {len(header)} columns")
         return Row(line, raw, issues=(issue,))
-    if _has_surrogates(raw):
+    if has_lone_surrogates(raw):
         return Row(line, raw, issues=(Issue("(row)", "is not valid UTF-8"),))
     message: dict[str, Any] = {}
     sip: dict[str, str] = {}
@@ -239,11 +274,18 @@ def _csv_row(header: list[str], cells: list[str], line: int, raw: str, key_colum
 
 
 def _jsonl_rows(lines: _Lines, key_column: str | None) -> Iterator[Row]:
+    any_row = False
     for text in lines:
         line, raw = lines.take()
+        too_long = lines.take_oversized()
+        if too_long is not None:
+            any_row = True
+            yield Row(line, raw, issues=(too_long,))
+            continue
         if not text.strip():
             continue
-        if _has_surrogates(text):
+        any_row = True
+        if has_lone_surrogates(text):
             yield Row(line, raw, issues=(Issue("(line)", "is not valid UTF-8"),))
             continue
         try:
@@ -264,3 +306,5 @@ def _jsonl_rows(lines: _Lines, key_column: str | None) -> Iterator[Row]:
             value = data.get(key_column) if key_column in WIRE_COLUMNS else data.pop(key_column, None)
             key = _check_key(value, key_column, issues)
         yield Row(line, raw, data, key, tuple(issues))
+    if not any_row:
+        raise FileError(lines.number, "the file has no rows: nothing to enqueue")

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import queue
+import tempfile
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -21,7 +23,7 @@ from typing import IO, Any
 from worker.errors import IdempotencyConflict, Issue, ValidationError
 from worker.ledger import Job, Lane, NewJob, SyncLedger
 from worker.logs import get_logger
-from worker.produce.campaign_files import Row
+from worker.produce.campaign_files import FileError, Row
 from worker.request.job import prepare_job
 from worker.request.models import TransferRequest, parse_transfer
 
@@ -29,6 +31,8 @@ log = get_logger(__name__)
 DEFAULT_BATCH = 1000
 #: rejects kept in memory for the summary; all of them go to the rejects file
 SHOWN_REJECTS = 20
+#: when this many rows in a row from the start are all rejected, the file is not a campaign file
+FIRST_ROWS_ALL_BAD = 1000
 
 
 def idempotency_key(campaign: str, key: str | None, request: TransferRequest) -> str:
@@ -72,22 +76,36 @@ class Summary:
 
 
 class RejectsFile:
-    """One JSON line per rejected row: line number, each field and rule, and the raw row. Written as rows
-    are rejected, created only when the first one is (a stale file from an earlier run is removed)."""
+    """One JSON line per rejected row: line number, each field and rule, and the raw row.
+
+    Written to a temporary file beside `path`, opened at once (an unwritable folder fails before anything is
+    enqueued) and renamed over `path` by `close`, so a crash leaves the earlier file whole. Without rejects a
+    stale file from an earlier run is removed; `discard` keeps whatever was there."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._handle: IO[str] | None = None
-        path.unlink(missing_ok=True)
+        self.written = 0
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or None)
+        self._temporary = Path(temporary)
+        self._handle: IO[str] = os.fdopen(handle, "w", encoding="utf-8", errors="surrogateescape")
 
     def write(self, reject: Reject) -> None:
-        if self._handle is None:
-            self._handle = self.path.open("w", encoding="utf-8", errors="surrogateescape")
         self._handle.write(json.dumps(reject.to_json(), ensure_ascii=False) + "\n")
+        self.written += 1
 
     def close(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
+        if self._handle.closed:
+            return
+        self._handle.close()
+        if self.written:
+            self._temporary.replace(self.path)
+        else:
+            self._temporary.unlink(missing_ok=True)
+            self.path.unlink(missing_ok=True)
+
+    def discard(self) -> None:
+        self._handle.close()
+        self._temporary.unlink(missing_ok=True)
 
 
 class Submitter:
@@ -103,8 +121,10 @@ class Submitter:
         key_column: str | None = None,
         batch_size: int = DEFAULT_BATCH,
         callback_base_url: str | None = None,
+        before_first_write: Callable[[], None] | None = None,
     ) -> None:
         self._ledger = ledger
+        self._before_first_write = before_first_write
         self._publish = publish
         self._campaign = campaign
         self._rejects = rejects
@@ -129,6 +149,10 @@ class Submitter:
                 self.summary.read += 1
                 job = self._job(row)
                 if job is None:
+                    if self.summary.read == self.summary.rejected == FIRST_ROWS_ALL_BAD:
+                        raise FileError(
+                            row.line, f"the first {FIRST_ROWS_ALL_BAD} rows are all rejected: not a campaign file?"
+                        )
                     continue
                 batch.append((row, job))
                 if len(batch) >= self._batch_size:
@@ -175,6 +199,9 @@ class Submitter:
         """Write a batch to the ledger; the ids of the jobs it created."""
         if not batch:
             return []
+        if self._before_first_write is not None:
+            self._before_first_write()  # e.g. the campaign's record: created only once a row is good
+            self._before_first_write = None
         # Within one batch the first row of a key wins; a later one is the same job or a conflicting one.
         first: dict[str, tuple[Row, NewJob]] = {}
         repeats: list[tuple[Row, NewJob]] = []

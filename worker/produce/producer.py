@@ -19,6 +19,7 @@ from typing import Any
 from celery import Celery
 
 from worker.config import Settings
+from worker.errors import Issue, ValidationError
 from worker.ledger import Job, Lane, SyncLedger
 from worker.logs import get_logger
 from worker.queue.app import create_app
@@ -33,6 +34,8 @@ log = get_logger(__name__)
 class Enqueued:
     job: Job
     created: bool
+    #: False when the broker did not take the message: the job waits for a worker's sweeper to publish it
+    published: bool = True
 
     @property
     def job_id(self) -> str:
@@ -43,7 +46,7 @@ class Producer:
     """Enqueues transfers for one configuration. Thread-safe; reuse one per process."""
 
     def __init__(self, settings: Settings | None = None, app: Celery | None = None) -> None:
-        self.settings = settings or Settings.from_env()
+        self.settings = (settings or Settings.from_env()).check()
         self.ledger = SyncLedger(self.settings.ledger_url)
         self.publisher = Publisher(app or create_app(self.settings), self.settings)
 
@@ -58,7 +61,7 @@ class Producer:
         if not isinstance(request, TransferRequest):
             request = parse_transfer(request)
         if idempotency_key is not None and not idempotency_key.strip():
-            raise ValueError("idempotency_key must not be blank")
+            raise ValidationError([Issue("idempotency_key", "must not be blank")])
         new_job = prepare_job(
             request,
             idempotency_key=idempotency_key,
@@ -68,9 +71,8 @@ class Producer:
         )
         ((job, created),) = self.ledger.create_jobs([new_job])
         if created:
-            self.publisher.publish_saved([job])
-        else:
-            log.info("job.exists", job_id=job.id, idempotency_key=idempotency_key, state=job.state)
+            return Enqueued(job, created, self.publisher.publish_saved([job]))
+        log.info("job.exists", job_id=job.id, idempotency_key=idempotency_key, state=job.state)
         return Enqueued(job, created)
 
     def close(self) -> None:

@@ -18,6 +18,8 @@ from worker.ledger import Job, SyncLedger
 from worker.ledger.campaign import op_campaign_jobs_after
 from worker.produce.views import job_view
 
+#: the report's formats, by file extension
+REPORT_FORMATS = (".csv", ".json")
 #: the report's columns, in order
 COLUMNS = (
     "job_id",
@@ -71,7 +73,7 @@ def campaign_jobs(ledger: SyncLedger, campaign: str, chunk: int = 1000) -> Itera
 
 
 def write_report(ledger: SyncLedger, campaign: str, path: Path) -> ReportSummary:
-    """Write the report (CSV unless the name ends in .json) and return its summary."""
+    """Write the report (CSV, or JSON when the name ends in .json) and return its summary."""
     summary = ReportSummary()
     rows = ({column: job_view(job)[column] for column in COLUMNS} for job in campaign_jobs(ledger, campaign))
     with path.open("w", newline="", encoding="utf-8") as out:

@@ -79,7 +79,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     """Everything `celeryconfig.py` sets, for the given settings."""
     embedded = broker_kind(settings.broker_url) == "filesystem"
     return {
-        "broker_url": settings.broker_url,
+        # The file transport has no host; naming the default one keeps kombu from warning that none was given.
+        "broker_url": "filesystem://localhost//" if embedded else settings.broker_url,
         "broker_transport_options": transport_options(settings),
         "broker_connection_retry_on_startup": True,
         # JSON only: a producer must never be able to make a worker unpickle code.

@@ -77,19 +77,21 @@ class Publisher:
             by_lane.setdefault(lane, []).append(job_id)
         return sum(self.publish(job_ids, lane) for lane, job_ids in by_lane.items())
 
-    def publish_saved(self, jobs: Iterable[Job]) -> None:
+    def publish_saved(self, jobs: Iterable[Job]) -> bool:
         """Publish jobs just written to the ledger, except a paced campaign's (the dispatcher publishes those at
-        the campaign's rate). A broker failure is logged, not raised: the jobs exist, and the sweeper publishes
-        them once the broker is back."""
+        the campaign's rate); False if the broker did not take them. A broker failure is logged, not raised: the
+        jobs exist, and the sweeper publishes them once the broker is back."""
         due = [(job.id, job.lane) for job in jobs if job.published_at is not None]
         if not due:
-            return
+            return True
         try:
             self.publish_jobs(due)
         except Exception as error:
             log.warning(
                 "job.publish_deferred", jobs=len(due), first=due[0][0], error=f"{type(error).__name__}: {error}"
             )
+            return False
+        return True
 
     def queue_depths(self) -> dict[str, int | None]:
         """Messages ready in each lane's queue (None where the broker cannot tell)."""

@@ -38,6 +38,9 @@ _ACS_USER_PREFIXES = tuple(prefix for prefix, kind, _, _ in _PREFIXES if kind ==
 _CLOUDS = ("public", "dod", "gcch")
 _KINDS = ("communicationUser", "phoneNumber", "microsoftTeamsUser", "microsoftTeamsApp")
 _MAX_ID_LENGTH = 1024
+#: for the intake's OpenAPI document
+RAW_ID_PREFIXES = tuple(prefix for prefix, *_ in _PREFIXES)
+MAX_ID_LENGTH = _MAX_ID_LENGTH
 
 RAW_ID_FORMS = "4:+E164, 8:acs:…, 8:orgid:…, 8:dod:…, 8:gcch:…, 8:teamsvisitor:…, 28:orgid:…, 28:dod:…, 28:gcch:…"
 

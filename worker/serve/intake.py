@@ -7,7 +7,8 @@
     GET  /openapi.json          this API described
 
 Every route but /openapi.json needs ``Authorization: Bearer <token>`` with a token from INTAKE_TOKENS
-(compared in constant time): none → 401, a wrong one → 403. Errors are JSON
+(compared in constant time): none or a wrong one → 401 (every token may do everything, so 403 never
+happens). Errors are JSON
 ``{"error": {"code", "message", "details"?: [{"field", "rule"}]}}``; a rejected request writes nothing.
 """
 
@@ -32,10 +33,10 @@ from worker.produce.views import history_view, job_view
 from worker.queue.publisher import Publisher
 from worker.request.job import prepare_job
 from worker.request.models import parse_transfer
-from worker.serve.openapi import OPENAPI
+from worker.serve.openapi import MAX_KEY_LENGTH, OPENAPI
+from worker.text import can_store
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-MAX_KEY_LENGTH = 512
 
 
 def error(status: int, code: str, message: str, details: list[dict[str, str]] | None = None) -> web.Response:
@@ -57,14 +58,10 @@ def _authorised(tokens: tuple[str, ...], handler: Handler) -> Handler:
         # Compare with every token, always, so the time taken says nothing about which one nearly matched.
         matches = [hmac.compare_digest(given.strip().encode(), token) for token in expected]
         if not any(matches):
-            return error(403, "Forbidden", "the bearer token is not valid for this intake")
+            return error(401, "Unauthorized", "the bearer token is not valid for this intake (see INTAKE_TOKENS)")
         return await handler(request)
 
     return check
-
-
-def _storable(text: str) -> bool:
-    return "\x00" not in text and not any(0xD800 <= ord(ch) < 0xE000 for ch in text)
 
 
 async def _json_body(request: web.Request) -> Any:
@@ -94,14 +91,14 @@ class Intake:
     def _new_job(self, item: Any, key: str | None, campaign: str | None, lane: Any, where: str) -> NewJob:
         # Keys and campaign names are stored as given: what the ledger cannot store (NUL, an unpaired surrogate,
         # a name longer than its column) is refused here rather than failing the insert with a 500.
-        if key is not None and (not key.strip() or len(key) > MAX_KEY_LENGTH or not _storable(key)):
+        if key is not None and (not key.strip() or len(key) > MAX_KEY_LENGTH or not can_store(key)):
             raise ValidationError(
                 [Issue("Idempotency-Key", f"must be 1 to {MAX_KEY_LENGTH} characters, without NUL")], where
             )
         if campaign is not None:
             try:
                 check_name(campaign)
-                if not _storable(campaign):
+                if not can_store(campaign):
                     raise ValueError("a campaign name must be valid UTF-8")
             except ValueError as problem:
                 raise ValidationError([Issue("campaign", str(problem))], where) from None
@@ -247,6 +244,8 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         code = failure.reason.replace(" ", "")
         message = "the body is larger than INTAKE_MAX_BODY_BYTES" if failure.status == 413 else failure.reason
         response = error(failure.status, code, message)
+        if "Allow" in failure.headers:  # a 405 names the methods the resource has (RFC 9110)
+            response.headers["Allow"] = failure.headers["Allow"]
     _count(request, response.status)
     return response
 

@@ -2,12 +2,62 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-_IDENTIFIER = {
-    "description": "A raw id (4:+E164, 8:acs:…, 8:orgid:…, 28:orgid:…) or a CommunicationIdentifierModel object.",
-    "oneOf": [{"type": "string"}, {"type": "object"}],
+from worker.ledger.campaign import MAX_NAME_LENGTH
+from worker.ledger.limits import IDEMPOTENCY_KEY
+from worker.request.identifiers import MAX_ID_LENGTH, RAW_ID_FORMS, RAW_ID_PREFIXES
+from worker.request.models import (
+    MAX_CALL_CONNECTION_ID_LENGTH,
+    MAX_SIP_CUSTOM_HEADERS,
+    MAX_SIP_KEY_LENGTH,
+    MAX_SIP_VALUE_LENGTH,
+    MAX_URI_LENGTH,
+    MAX_VOIP_HEADERS,
+    MAX_VOIP_VALUE_LENGTH,
+    SIP_CUSTOM_PREFIX,
+    SIP_UUI_HEADER,
+)
+
+MAX_KEY_LENGTH = IDEMPOTENCY_KEY  # an idempotency key, as the intake takes it (worker.serve.intake uses this one)
+DEFAULT_MAX_BATCH = 1000  # INTAKE_MAX_BATCH's default; the server states its own limit in a 413
+
+# Constraints come from the limits the validator (`worker.request.models`, `worker.request.identifiers`)
+# enforces, so the document and the server cannot drift apart. JSON Schema cannot say everything the validator
+# checks (a call id's length once URL-encoded, an identifier object's consistency); those rules are in the
+# descriptions.
+_CONTROL = r"\x00-\x1f\x7f-\x9f"
+_PRINTABLE = f"[^{_CONTROL}]"
+_END = r"(?!\n)$"  # "$" alone would also match before a trailing newline, which the validator refuses
+_E164 = r"\+[1-9][0-9]{1,14}"
+_RAW_ID = {
+    "type": "string",
+    "maxLength": MAX_ID_LENGTH,
+    "pattern": (
+        f"^(4:{_E164}|({'|'.join(map(re.escape, RAW_ID_PREFIXES))}){_PRINTABLE}*[^\\s{_CONTROL}]{_PRINTABLE}*){_END}"
+    ),
 }
+
+
+def _printable(max_length: int) -> dict[str, Any]:
+    return {"type": "string", "maxLength": max_length, "pattern": f"^{_PRINTABLE}*$"}
+
+
+_IDENTIFIER = {
+    **_RAW_ID,
+    "description": (
+        f"A raw id ({RAW_ID_FORMS}). A CommunicationIdentifierModel object (ACS's swagger) is taken too; its rules "
+        "(one kind, its properties agreeing with its rawId) do not fit this schema, so it is left out of it."
+    ),
+}
+
+
+def _optional(schema: dict[str, Any]) -> dict[str, Any]:
+    """An optional field: null means absent, as in every other way in."""
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
 _ERROR = {
     "type": "object",
     "required": ["error"],
@@ -29,26 +79,97 @@ _ERROR = {
         }
     },
 }
-_TRANSFER = {
-    "type": "object",
-    "required": ["callConnectionId", "targetParticipant"],
-    "additionalProperties": False,
-    "properties": {
-        "callConnectionId": {"type": "string"},
-        "targetParticipant": _IDENTIFIER,
-        "transferee": _IDENTIFIER,
-        "operationContext": {"type": "string"},
-        "operationCallbackUri": {"type": "string", "description": "https (http only to loopback)"},
-        "sourceCallerIdNumber": {"description": "+E164 or {value}", "oneOf": [{"type": "string"}, {"type": "object"}]},
-        "customCallingContext": {
-            "type": "object",
-            "properties": {
-                "sipHeaders": {"type": "object", "additionalProperties": {"type": "string"}},
-                "voipHeaders": {"type": "object", "additionalProperties": {"type": "string"}},
+_REQUIRED_FIELDS = ("callConnectionId", "targetParticipant")
+_TRANSFER_FIELDS: dict[str, Any] = {
+    "callConnectionId": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_CALL_CONNECTION_ID_LENGTH,
+        "pattern": f"^[^\\s{_CONTROL}]({_PRINTABLE}*[^\\s{_CONTROL}])?{_END}",
+        "not": {"enum": [".", ".."]},
+        "description": f"at most {MAX_CALL_CONNECTION_ID_LENGTH} characters once URL-encoded",
+    },
+    "targetParticipant": _IDENTIFIER,
+    "transferee": _IDENTIFIER,
+    "operationContext": {"type": "string", "pattern": "^[^\\x00]*$"},
+    "operationCallbackUri": {
+        "type": "string",
+        "maxLength": MAX_URI_LENGTH,
+        "pattern": (
+            r"^(https://[A-Za-z0-9.-]+|http://(127\.0\.0\.1|localhost|\[::1\]))(:[0-9]{1,4})?"
+            f"([/?#][^\\s\\\\{_CONTROL}]*)?{_END}"
+        ),
+        "description": "https (http only to a loopback host), without user information",
+    },
+    "sourceCallerIdNumber": {
+        "description": "+E164, or a PhoneNumberIdentifierModel",
+        "oneOf": [
+            {"type": "string", "pattern": f"^(4:)?{_E164}{_END}"},
+            {
+                "type": "object",
+                "required": ["value"],
+                "additionalProperties": False,
+                "properties": {"value": {"type": "string", "pattern": f"^(4:)?{_E164}{_END}"}},
+            },
+        ],
+    },
+    "customCallingContext": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "sipHeaders": {
+                "type": "object",
+                "maxProperties": MAX_SIP_CUSTOM_HEADERS,
+                "propertyNames": {
+                    "pattern": f"^({SIP_UUI_HEADER}|{SIP_CUSTOM_PREFIX}[A-Za-z0-9.!%*_+`'~-]"
+                    f"{{1,{MAX_SIP_KEY_LENGTH - len(SIP_CUSTOM_PREFIX)}}}){_END}"
+                },
+                "additionalProperties": {
+                    "type": "string",
+                    "maxLength": MAX_SIP_VALUE_LENGTH,
+                    "pattern": f"^{_PRINTABLE}*$",
+                },
+                "description": "header names are case-insensitive: each at most once",
+            },
+            "voipHeaders": {
+                "type": "object",
+                "maxProperties": MAX_VOIP_HEADERS,
+                "propertyNames": {"minLength": 1, "pattern": f"^{_PRINTABLE}+$"},
+                "additionalProperties": {
+                    "type": "string",
+                    "maxLength": MAX_VOIP_VALUE_LENGTH,
+                    "pattern": f"^{_PRINTABLE}*$",
+                },
             },
         },
-        "campaign": {"type": "string"},
-        "lane": {"type": "string", "enum": ["live", "bulk"], "description": "live (default) or bulk"},
+    },
+}
+_CONTEXT_FIELDS = _TRANSFER_FIELDS["customCallingContext"]["properties"]
+_CONTEXT_FIELDS.update({name: _optional(schema) for name, schema in _CONTEXT_FIELDS.items()})
+_TRANSFER_FIELDS = {
+    name: schema if name in _REQUIRED_FIELDS else _optional(schema) for name, schema in _TRANSFER_FIELDS.items()
+}
+_KEY = {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH, "pattern": r"^(?=[\s\S]*\S)[^\x00]*$"}
+_CAMPAIGN = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": MAX_NAME_LENGTH,
+    "pattern": r"^[^\s\x00-\x1f\x7f]([^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f])?" + _END,
+}
+_LANE = {"type": "string", "enum": ["live", "bulk"], "description": "live (default) or bulk"}
+_TRANSFER = {
+    "type": "object",
+    "required": list(_REQUIRED_FIELDS),
+    "additionalProperties": False,
+    "properties": {**_TRANSFER_FIELDS, "campaign": _optional(_CAMPAIGN), "lane": _optional(_LANE)},
+}
+_BATCH_ITEM = {
+    "type": "object",
+    "required": list(_REQUIRED_FIELDS),
+    "additionalProperties": False,
+    "properties": {
+        **_TRANSFER_FIELDS,
+        "idempotencyKey": _optional(_KEY),
     },
 }
 _JOB = {
@@ -84,8 +205,8 @@ def _responses(ok: dict[str, Any]) -> dict[str, Any]:
     error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
     return {
         **ok,
-        "401": {"description": "no bearer token", **error},
-        "403": {"description": "wrong bearer token", **error},
+        "400": {"description": "the body is not valid JSON", **error},
+        "401": {"description": "no bearer token, or one that is not in INTAKE_TOKENS", **error},
         "413": {"description": "body or batch too large", **error},
         "422": {"description": "invalid request: each broken rule with its field", **error},
     }
@@ -100,7 +221,7 @@ OPENAPI: dict[str, Any] = {
     "info": {"title": "acs-transfer intake", "version": "1"},
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-        "schemas": {"Transfer": _TRANSFER, "Job": _JOB, "Error": _ERROR},
+        "schemas": {"Transfer": _TRANSFER, "BatchItem": _BATCH_ITEM, "Job": _JOB, "Error": _ERROR},
     },
     "security": [{"bearer": []}],
     "paths": {
@@ -111,7 +232,7 @@ OPENAPI: dict[str, Any] = {
                     {
                         "name": "Idempotency-Key",
                         "in": "header",
-                        "schema": {"type": "string", "maxLength": 512},
+                        "schema": _KEY,
                         "description": "The same key returns the same job (200) instead of a new one (202).",
                     }
                 ],
@@ -138,19 +259,14 @@ OPENAPI: dict[str, Any] = {
                             "schema": {
                                 "type": "object",
                                 "required": ["transfers"],
+                                "additionalProperties": False,
                                 "properties": {
-                                    "campaign": {"type": "string"},
-                                    "lane": {
-                                        "type": "string",
-                                        "enum": ["live", "bulk"],
-                                        "description": "bulk when a campaign is named, else live",
-                                    },
+                                    "campaign": _CAMPAIGN,
+                                    "lane": {**_LANE, "description": "bulk when a campaign is named, else live"},
                                     "transfers": {
                                         "type": "array",
-                                        "items": {
-                                            "allOf": [{"$ref": "#/components/schemas/Transfer"}],
-                                            "properties": {"idempotencyKey": {"type": "string"}},
-                                        },
+                                        "maxItems": DEFAULT_MAX_BATCH,
+                                        "items": {"$ref": "#/components/schemas/BatchItem"},
                                     },
                                 },
                             }

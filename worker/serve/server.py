@@ -20,6 +20,7 @@ log = get_logger(__name__)
 
 async def create_app(settings: Settings) -> web.Application:
     """The application with its resources opened (ledger pool, HTTP session); they close with the app."""
+    settings.check()
     if settings.callback_verify and not settings.acs_resource_id:
         raise ConfigError(
             "ACS_RESOURCE_ID must be set to verify callback tokens (or CALLBACK_VERIFY=false for local development)"
@@ -56,5 +57,10 @@ async def create_app(settings: Settings) -> web.Application:
 
 
 def run_server(settings: Settings) -> None:
-    log.info("server.starting", host=settings.serve_host, port=settings.serve_port)
-    web.run_app(create_app(settings), host=settings.serve_host, port=settings.serve_port, print=None)
+    host, port = settings.serve_host, settings.serve_port
+    shown = f"[{host}]" if ":" in host else host
+
+    def listening(_: str) -> None:  # aiohttp calls this once every socket is bound
+        log.info("server.listening", url=f"http://{shown}:{port}", host=host, port=port)
+
+    web.run_app(create_app(settings), host=host, port=port, print=listening)
