@@ -1043,11 +1043,17 @@ def _add_deliveries(emulator_url: str, call: str, truth: CallTruth) -> None:
 
 
 def _definite_job_ids(connection: sa.Connection) -> set[str]:
-    """Jobs of the run for which some attempt got a definite answer, from their history."""
+    """Jobs of the run for which some attempt got a definite answer, from their history. A 4xx that made the job
+    `unknown` is not one: it came after an attempt whose effect is unknown, when ACS may have executed the
+    request again and met a call that had already moved, or replayed an earlier answer that never reached the
+    worker (a lost 404); no client can tell the two apart, so the worker's `unknown` (then `dead`) is right."""
     status = job_events.c.status
-    definite = sa.or_(
-        sa.and_(status >= 200, status < 300),
-        sa.and_(status >= 400, status < 500, status.not_in(sorted(NOT_DEFINITE))),
+    definite = sa.and_(
+        sa.or_(
+            sa.and_(status >= 200, status < 300),
+            sa.and_(status >= 400, status < 500, status.not_in(sorted(NOT_DEFINITE))),
+        ),
+        job_events.c.to_state != State.UNKNOWN,
     )
     ours = sa.select(jobs.c.id).where(jobs.c.campaign.in_(CAMPAIGNS))
     query = sa.select(job_events.c.job_id).where(definite, job_events.c.job_id.in_(ours)).distinct()

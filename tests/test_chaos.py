@@ -257,3 +257,41 @@ def test_every_test_docs_reliability_names_exists() -> None:
         source = (root / file).read_text()
         if test:
             assert re.search(rf"^(async )?def {test[2:]}\(", source, re.MULTILINE), f"{file}{test} does not exist"
+
+
+def test_a_4xx_that_made_a_job_unknown_is_not_a_definite_answer_to_the_audit(tmp_path: Path) -> None:
+    # Timeout, then 404: ACS may have moved the call and met it gone on re-execution, or replayed a 404 the worker
+    # never received. The worker says unknown (then dead); the audit must accept that, and still count a 404
+    # that failed a job outright, or a 202, as definite.
+    from bench.chaos import CAMPAIGN, _definite_job_ids  # noqa: PLC0415
+
+    ledger = SyncLedger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    request = parse_transfer({"callConnectionId": "call-a", "targetParticipant": "4:+14255550100"})
+    histories = {
+        "ambiguous": [
+            (None, State.QUEUED, None),
+            (State.SENDING, State.RETRY_WAIT, None),
+            (State.SENDING, State.UNKNOWN, 404),
+            (State.UNKNOWN, State.DEAD, None),
+        ],
+        "failed": [(None, State.QUEUED, None), (State.SENDING, State.FAILED, 404)],
+        "accepted": [(None, State.QUEUED, None), (State.SENDING, State.ACCEPTED, 202)],
+    }
+    try:
+        ledger.create_jobs([prepare_job(request, job_id=job_id, campaign=CAMPAIGN) for job_id in histories])
+
+        def definite(connection: Any) -> set[str]:
+            from worker.ledger import job_events  # noqa: PLC0415
+
+            for job_id, rows in histories.items():
+                for from_state, to_state, status in rows:
+                    connection.execute(
+                        job_events.insert().values(
+                            job_id=job_id, at=1.0, from_state=from_state, to_state=to_state, status=status
+                        )
+                    )
+            return _definite_job_ids(connection)
+
+        assert ledger.run(definite) == {"failed", "accepted"}
+    finally:
+        ledger.close()
