@@ -133,7 +133,10 @@ def test_config_refuses_both_an_access_key_and_an_entra_id_endpoint() -> None:
     both = {"ACS_ENDPOINT": "https://acs.example", "ACS_CONNECTION_STRING": SECRETS["ACS_CONNECTION_STRING"]}
     result = _run_config(both)
     assert result.returncode == 1
-    assert "ACS_CONNECTION_STRING" in result.stderr
+    # The INVALID mark names both variables; the closing line names the one marked.
+    marked = [line for line in result.stdout.splitlines() if line.startswith("ACS_ENDPOINT=")]
+    assert "ACS_CONNECTION_STRING" in marked[0], result.stdout
+    assert "INVALID" in marked[0], result.stdout
     assert "ACS_ENDPOINT" in result.stderr
     assert "Traceback" not in result.stderr
     assert "never-print-this" not in result.stderr

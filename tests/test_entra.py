@@ -109,7 +109,7 @@ async def short_lived(tmp_path: Path) -> AsyncIterator[Authority]:
 def test_exactly_one_of_the_access_key_and_the_entra_id_endpoint() -> None:
     connection_string = "endpoint=https://acs.example/;accesskey=a2V5"
     with pytest.raises(ConfigError, match=r"ACS_CONNECTION_STRING.*ACS_ENDPOINT"):
-        Settings(acs_connection_string=connection_string, acs_endpoint="https://acs.example")
+        Settings(acs_connection_string=connection_string, acs_endpoint="https://acs.example").check()
     with pytest.raises(ConfigError, match=r"ACS_CONNECTION_STRING.*ACS_ENDPOINT"):
         _ = Settings().acs_auth
     assert Settings(acs_endpoint="https://acs.example.communication.azure.com/").acs_auth == EntraIdEndpoint(

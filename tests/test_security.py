@@ -143,7 +143,7 @@ def test_a_full_run_at_debug_level_shows_no_secret_anywhere(postgres_url: str, t
         # Refused: no token, a wrong token, a token's near miss.
         good = {"callConnectionId": "call-sec-0", "targetParticipant": "4:+14255550123"}
         assert _http(intake, "POST", good)[0] == 401
-        assert _http(intake, "POST", good, token=tokens[0][:-1])[0] == 403
+        assert _http(intake, "POST", good, token=tokens[0][:-1])[0] == 401
         job_ids = []
         for index, call in enumerate(["call-sec-0", "call-sec-1", "call-sec-2", gone, slow]):
             status, body = _http(intake, "POST", {**good, "callConnectionId": call}, token=tokens[index % 2])
@@ -228,12 +228,12 @@ async def test_every_intake_and_callback_route_refuses_unauthenticated_requests(
                 async with session.request(method, base + path, json={}, headers=headers) as response:
                     expected = {401} if authorization is None or path.startswith("/v1/callbacks") else {401, 403}
                     assert response.status in expected, (method, path, authorization, response.status)
-        # Without any intake token configured, the intake refuses everyone.
+        # Without any intake token configured, the intake refuses everyone: no token is known (401).
     bare: Stack = await make_stack("filesystem", "sqlite", serve=True, serve_port=free_port())
     async with aiohttp.ClientSession() as session:
         url = f"http://127.0.0.1:{bare.settings.serve_port}/v1/transfers"
         async with session.post(url, json={}, headers={"Authorization": "Bearer anything"}) as response:
-            assert response.status == 403
+            assert response.status == 401
 
 
 async def test_bodies_over_the_limit_are_refused_on_both_endpoints(make_stack: Callable[..., Any]) -> None:

@@ -183,6 +183,8 @@ class Settings:
             object.__setattr__(self, "ledger_url", f"sqlite:///{(self.home / 'ledger.db').as_posix()}")
         elif self.ledger_url.startswith("postgres://"):  # the spelling Heroku and others hand out
             object.__setattr__(self, "ledger_url", "postgresql://" + self.ledger_url.removeprefix("postgres://"))
+        if self.acs_endpoint and _endpoint_rule(self) is None:
+            object.__setattr__(self, "acs_endpoint", EntraIdEndpoint.parse(self.acs_endpoint).endpoint)
 
     def problems(self) -> list[Issue]:
         """Every rule of `RULES` these settings break, each naming its variable."""

@@ -38,7 +38,7 @@ def refuse_a_bad_configuration(**_: Any) -> None:
     One line naming each problem, exit status 1; a worker that started anyway would fail every message it took.
     """
     try:
-        Settings.from_env().acs  # noqa: B018 - parsed for its checks
+        Settings.from_env().acs_auth  # noqa: B018 - parsed for its checks: an access key or an Entra ID endpoint
     except ConfigError as error:
         _refuse(f"configuration error: {error}")
     pool = _pool_asked_for(sys.argv)

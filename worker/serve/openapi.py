@@ -161,7 +161,7 @@ _TRANSFER = {
     "type": "object",
     "required": list(_REQUIRED_FIELDS),
     "additionalProperties": False,
-    "properties": {**_TRANSFER_FIELDS, "campaign": _optional(_CAMPAIGN), "lane": _optional(_LANE)},
+    "properties": {**_TRANSFER_FIELDS, "campaign": _optional(_CAMPAIGN), "lane": _LANE},
 }
 _BATCH_ITEM = {
     "type": "object",
