@@ -138,7 +138,8 @@ def test_a_worker_with_a_bad_setting_exits_before_consuming(tmp_path: Path) -> N
     without_key = {key: value for key, value in env.items() if key != "ACS_CONNECTION_STRING"}
     result = run(command, without_key, timeout=60)
     assert result.returncode == 1
-    assert "set ACS_CONNECTION_STRING" in result.stderr and "or ACS_ENDPOINT" in result.stderr, result.stderr
+    assert "set ACS_CONNECTION_STRING" in result.stderr, result.stderr
+    assert "or ACS_ENDPOINT" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
     # Nothing was consumed: the message is still in the queue, the job still queued.
     assert list((tmp_path / "home" / "broker" / "queue").iterdir()) == queued
