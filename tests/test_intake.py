@@ -153,7 +153,10 @@ async def test_jobs_from_the_intake_are_sent_and_readable(intake: Stack) -> None
     status, shown, _ = await call(intake, "GET", f"/v1/transfers/{job.id}")
     assert status == 200
     assert shown["job_id"] == job.id
-    assert [step["to"] for step in shown["history"]][:3] == [State.QUEUED, State.SENDING, State.ACCEPTED]
+    steps = [step["to"] for step in shown["history"]]
+    assert steps[:2] == [State.QUEUED, State.SENDING]
+    # The 202 and the emulator's outcome event race: the event may settle the job before the 202 is recorded.
+    assert steps[2] in {State.ACCEPTED, State.TRANSFERRED}
     status, missing, _ = await call(intake, "GET", "/v1/transfers/no-such-job")
     assert (status, missing["error"]["code"]) == (404, "NotFound")
     status, _, _ = await call(intake, "GET", f"/v1/transfers/{job.id}", token=None)
