@@ -29,14 +29,19 @@ from celery import Celery, signals
 
 from bench.wire import BODY, TARGET, transfer_request
 from worker.config import DEFAULT_API_VERSION, AcsCredentials, Settings
-from worker.queue.broker import celery_config
+from worker.queue.broker import celery_config, transfer_queue
 
 NOOP, NAIVE, SDK = "bench.noop", "bench.naive", "bench.sdk"
 
 
 def make_app(broker_url: str, queue: str) -> Celery:
     """The app for one queue; the harness builds the same one to publish."""
-    config = celery_config(Settings(broker_url=broker_url, queue=queue))
+    settings = Settings(broker_url=broker_url, queue=queue)
+    config = celery_config(settings)
+    # The baselines keep the delivery they were measured with: one queue, prefetch 2. (Ours has since moved to
+    # two lanes and prefetch 1; a change on our side must not move the baselines.)
+    config["task_queues"] = [transfer_queue(settings)]
+    config["worker_prefetch_multiplier"] = 2
     # Ours records undecodable messages in its ledger; a baseline has none.
     config.pop("worker_consumer", None)
     # Celery's default, and what a user's task runs with: no task events. (With events on, the threads pool's
