@@ -12,7 +12,7 @@ again; the key with another call or request raises `IdempotencyConflict`.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,9 +20,11 @@ from celery import Celery
 
 from worker.config import Settings
 from worker.errors import Issue, ValidationError
-from worker.ledger import Job, Lane, SyncLedger
+from worker.ledger import Job, Lane, NewJob, SyncLedger
 from worker.logs import get_logger
+from worker.produce.group_commit import GroupCommit
 from worker.queue.app import create_app
+from worker.queue.bulk import BatchPublisher
 from worker.queue.publisher import Publisher
 from worker.request.job import prepare_job
 from worker.request.models import TransferRequest, parse_transfer
@@ -43,12 +45,20 @@ class Enqueued:
 
 
 class Producer:
-    """Enqueues transfers for one configuration. Thread-safe; reuse one per process."""
+    """Enqueues transfers for one configuration. Thread-safe; reuse one per process.
+
+    Concurrent `enqueue` calls share their durable writes (group commit): the jobs that arrive while one batch is
+    written go into the ledger in one transaction, then to the broker with one wait for all their confirms. Each
+    call still returns only once its own job is committed and its message confirmed."""
 
     def __init__(self, settings: Settings | None = None, app: Celery | None = None) -> None:
         self.settings = (settings or Settings.from_env()).check()
         self.ledger = SyncLedger(self.settings.ledger_url)
-        self.publisher = Publisher(app or create_app(self.settings), self.settings)
+        app = app or create_app(self.settings)
+        self.publisher = Publisher(app, self.settings)  # for the sweeper's and operators' views of the queues
+        # Used only by the group's writer, one thread at a time.
+        self._publishers = {lane: BatchPublisher(app, self.settings, lane=lane) for lane in Lane.ALL}
+        self._group: GroupCommit[NewJob, Enqueued] = GroupCommit(self._enqueue_batch)
 
     def enqueue(
         self,
@@ -69,13 +79,44 @@ class Producer:
             callback_base_url=self.settings.callback_base_url,
             lane=lane,
         )
-        ((job, created),) = self.ledger.create_jobs([new_job])
-        if created:
-            return Enqueued(job, created, self.publisher.publish_saved([job]))
-        log.info("job.exists", job_id=job.id, idempotency_key=idempotency_key, state=job.state)
-        return Enqueued(job, created)
+        enqueued = self._group.submit(new_job)
+        if not enqueued.created:
+            job = enqueued.job
+            log.info("job.exists", job_id=job.id, idempotency_key=idempotency_key, state=job.state)
+        return enqueued
+
+    def _enqueue_batch(self, new_jobs: Sequence[NewJob]) -> list[Enqueued]:
+        """Write a batch in one transaction, then publish its due jobs with one wait for their confirms."""
+        saved = self.ledger.create_jobs(new_jobs)
+        # A paced campaign's jobs are not due yet: the dispatcher publishes them at the campaign's rate.
+        due: dict[str, list[str]] = {}
+        for job, created in saved:
+            if created and job.published_at is not None:
+                due.setdefault(job.lane, []).append(job.id)
+        published = {lane: self._publish(lane, job_ids) for lane, job_ids in due.items()}
+        return [Enqueued(job, created, published.get(job.lane, True) if created else True) for job, created in saved]
+
+    def _publish(self, lane: str, job_ids: list[str]) -> bool:
+        """False if the broker did not take the messages: logged, not raised, since the jobs exist and a worker's
+        sweeper publishes them once the broker is back. A second try on a new connection covers a connection
+        that died since the last batch (a broker restart)."""
+        for last_try in (False, True):
+            try:
+                self._publishers[lane].publish(job_ids)
+                return True
+            except Exception as error:
+                if last_try:
+                    log.warning(
+                        "job.publish_deferred",
+                        jobs=len(job_ids),
+                        first=job_ids[0],
+                        error=f"{type(error).__name__}: {error}",
+                    )
+        return False
 
     def close(self) -> None:
+        for publisher in self._publishers.values():
+            publisher.close()
         self.ledger.close()
 
 
