@@ -19,13 +19,14 @@ from typing import Any
 from celery import Celery
 
 from worker.config import Settings
-from worker.errors import Issue, ValidationError
+from worker.errors import ValidationError
 from worker.ledger import Job, Lane, SyncLedger
 from worker.logs import get_logger
 from worker.queue.app import create_app
 from worker.queue.publisher import Publisher
 from worker.request.job import prepare_job
 from worker.request.models import TransferRequest, parse_transfer
+from worker.request.names import name_issues
 
 log = get_logger(__name__)
 
@@ -58,10 +59,11 @@ class Producer:
         campaign: str | None = None,
         lane: str = Lane.LIVE,
     ) -> Enqueued:
+        issues = name_issues(idempotency_key, campaign)
+        if issues:
+            raise ValidationError(issues)
         if not isinstance(request, TransferRequest):
             request = parse_transfer(request)
-        if idempotency_key is not None and not idempotency_key.strip():
-            raise ValidationError([Issue("idempotency_key", "must not be blank")])
         new_job = prepare_job(
             request,
             idempotency_key=idempotency_key,
