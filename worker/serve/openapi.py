@@ -149,7 +149,12 @@ _TRANSFER_FIELDS = {
 }
 # The rule of `worker.request.names`: not blank, printable, at most the ledger's width (and a campaign name
 # without whitespace at its ends).
-_KEY = {"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_KEY, "pattern": f"^(?=.*\\S){_PRINTABLE}*{_END}"}
+_KEY = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": IDEMPOTENCY_KEY,
+    "pattern": f"^{_PRINTABLE}*[^\\s{_CONTROL}]{_PRINTABLE}*{_END}",
+}
 _CAMPAIGN = {
     "type": "string",
     "minLength": 1,
