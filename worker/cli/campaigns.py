@@ -18,7 +18,7 @@ from worker.cli.common import settings
 from worker.ledger import State, SyncLedger
 from worker.ledger.campaign import Progress, op_get_campaign, op_progress, op_save_campaign, parse_rate
 from worker.produce.campaign_files import FORMATS, FileError, detect_format, read_rows
-from worker.produce.campaign_submit import DEFAULT_BATCH, SHOWN_REJECTS, RejectsFile, Submitter, Summary
+from worker.produce.campaign_submit import DEFAULT_BATCH, SHOWN_REJECTS, RejectsFile, SubmitSummary, Submitter
 from worker.produce.reports import REPORT_FORMATS, write_report
 from worker.request.names import campaign_problem
 
@@ -149,7 +149,7 @@ def submit(
     sys.exit(status)
 
 
-def _print_summary(name: str, summary: Summary, rejects: Path) -> None:
+def _print_summary(name: str, summary: SubmitSummary, rejects: Path) -> None:
     for reject in summary.rejects:
         click.echo(f"rejected {reject}", err=True)
     if summary.rejected > SHOWN_REJECTS:
