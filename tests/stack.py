@@ -27,7 +27,7 @@ from worker.ledger import Job, Lane, State
 from worker.processes import child_env, free_port, spawn_worker, stop
 from worker.produce.producer import Producer
 from worker.queue.broker import TASK_NAME, lane_queues, transfer_queue
-from worker.serve.server import create_app
+from worker.serve.server import create_server_app
 
 KEY = secrets.token_bytes(32)
 
@@ -160,7 +160,7 @@ async def make_stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIte
         stack = Stack(settings, emulator, tmp_path, Producer(settings))
         stacks.append(stack)
         if serve:
-            runner = web.AppRunner(await create_app(settings))
+            runner = web.AppRunner(await create_server_app(settings))
             await runner.setup()
             await web.TCPSite(runner, "127.0.0.1", settings.serve_port).start()
             runners.append(runner)

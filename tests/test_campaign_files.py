@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from worker.ledger.campaign import check_name, parse_rate
+from worker.ledger.campaign import parse_rate
+from worker.ledger.limits import IDEMPOTENCY_KEY
 from worker.produce.campaign_files import FileError, Row, detect_format, read_rows
 from worker.produce.campaign_submit import idempotency_key
 from worker.request.models import parse_transfer
+from worker.request.names import campaign_problem
 
 HEADER = "callConnectionId,targetParticipant,operationContext\n"
 
@@ -231,7 +233,16 @@ def test_rates_and_names() -> None:
     for bad in ("0", "-1/s", "fast", "10/d", ""):
         with pytest.raises(ValueError, match="not a rate"):
             parse_rate(bad)
-    assert check_name("spring-2025") == "spring-2025"
+    assert campaign_problem("spring-2025") is None
     for bad in ("", " x", "a\nb", "x" * 201):
-        with pytest.raises(ValueError, match="campaign name"):
-            check_name(bad)
+        assert campaign_problem(bad) is not None
+
+
+def test_a_rows_key_has_the_ledgers_limit_as_every_other_way_in(tmp_path: Path) -> None:
+    longest, too_long = "k" * IDEMPOTENCY_KEY, "k" * (IDEMPOTENCY_KEY + 1)
+    content = f"ticket,callConnectionId,targetParticipant\n{longest},call-1,4:+1425555010\n{too_long},call-2,4:+1\n"
+    first, second = rows(tmp_path, content, key="ticket")
+    assert first.key == longest
+    assert issues(second) == [("ticket", f"the key must be at most {IDEMPOTENCY_KEY} characters")]
+    (tabbed,) = rows(tmp_path, "ticket,callConnectionId,targetParticipant\nT\t1,call-1,4:+1\n", key="ticket")
+    assert issues(tabbed) == [("ticket", "the key must not contain control characters or lone surrogates")]

@@ -21,6 +21,7 @@ from worker.acs.client import Answer, Outcome, Reach
 from worker.config import Settings
 from worker.deliver.transfer import Context, send_job
 from worker.ledger import (
+    EventOutcome,
     Ledger,
     State,
     SyncLedger,
@@ -29,7 +30,6 @@ from worker.ledger import (
     op_events,
     op_start_attempt,
 )
-from worker.ledger import Outcome as EventOutcome
 from worker.request.job import prepare_job
 from worker.request.models import parse_transfer
 

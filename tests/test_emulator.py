@@ -33,10 +33,10 @@ from worker.emulator import (
     FaultPlan,
     FaultPlanError,
     RandomFaults,
-    create_app,
+    create_emulator_app,
     start_emulator,
 )
-from worker.emulator.answers import Answer
+from worker.emulator.answers import EmulatorAnswer
 from worker.emulator.callbacks import CallbackSender, CallbackSigner, EventFate
 from worker.emulator.faults import CallbackPlan, FaultDispenser
 from worker.emulator.repeatability import (
@@ -525,7 +525,7 @@ def test_store_records_expire_a_window_after_first_sent() -> None:
     decision = store.begin(key, "fp", now=1001)
     assert isinstance(decision, Execute)
     assert isinstance(store.begin(key, "fp", now=1002), InProgress)
-    store.finish(decision.record, Answer(202, {}))
+    store.finish(decision.record, EmulatorAnswer(202, {}))
     assert isinstance(store.begin(key, "fp", now=1009), Replay)
     store.purge(1009.5)
     assert len(store) == 1
@@ -543,7 +543,7 @@ def test_an_expired_record_in_progress_is_kept_until_it_finishes() -> None:
     assert isinstance(decision, Execute)
     store.purge(1011)
     assert len(store) == 1
-    store.finish(decision.record, Answer(202, {}))
+    store.finish(decision.record, EmulatorAnswer(202, {}))
     store.purge(1012)
     assert len(store) == 0
 
@@ -1075,8 +1075,8 @@ async def test_unknown_paths_and_methods(emu: Emulator, session: aiohttp.ClientS
     assert emu.state.requests_seen == 0
 
 
-def test_create_app_builds_an_application() -> None:
-    app = create_app(EmulatorConfig(access_key=KEY))
+def test_create_emulator_app_builds_an_application() -> None:
+    app = create_emulator_app(EmulatorConfig(access_key=KEY))
     assert any(resource.canonical == "/_emulator/health" for resource in app.router.resources())
 
 

@@ -31,7 +31,7 @@ from worker.ledger import State, SyncLedger, op_claim, op_transition
 from worker.processes import free_port
 from worker.request.job import prepare_job
 from worker.request.models import parse_transfer
-from worker.serve.server import create_app
+from worker.serve.server import create_server_app
 
 FUZZ = settings(
     max_examples=200,
@@ -93,7 +93,7 @@ def receiver(postgres_url: str, tmp_path: Path) -> Iterator[Receiver]:
     )
 
     async def serve() -> web.AppRunner:
-        runner = web.AppRunner(await create_app(config))
+        runner = web.AppRunner(await create_server_app(config))
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
         return runner

@@ -17,7 +17,7 @@ from stack import Stack
 from worker.config import Settings
 from worker.ledger import State
 from worker.processes import free_port
-from worker.serve.server import create_app
+from worker.serve.server import create_server_app
 
 
 async def get(url: str) -> tuple[int, str]:
@@ -95,7 +95,7 @@ async def test_readyz_fails_while_the_broker_or_the_ledger_is_down(
         ledger_url=postgres.url,
         serve_port=free_port(),
     )
-    runner = web.AppRunner(await create_app(settings))
+    runner = web.AppRunner(await create_server_app(settings))
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", settings.serve_port).start()
     url = f"http://127.0.0.1:{settings.serve_port}/readyz"

@@ -18,6 +18,7 @@ import pytest
 from worker.config import ENVIRONMENT, Settings, read_env
 from worker.errors import ConfigError, ValidationError
 from worker.ledger import State
+from worker.ledger.limits import CAMPAIGN, IDEMPOTENCY_KEY
 from worker.produce.producer import Producer
 
 VARIABLES = {variable for variable, _ in ENVIRONMENT.values()}
@@ -107,13 +108,31 @@ def test_the_python_producer_checks_settings_given_in_code(tmp_path: Path) -> No
         Producer(Settings(home=tmp_path, reconcile_after=10.0))
 
 
-def test_a_blank_idempotency_key_is_a_validation_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("field", "value", "rule"),
+    [
+        ("idempotency_key", " ", "blank"),
+        ("idempotency_key", "k" * (IDEMPOTENCY_KEY + 1), f"at most {IDEMPOTENCY_KEY}"),
+        ("idempotency_key", "k\x00", "control characters"),
+        ("idempotency_key", "k\ud800", "lone surrogates"),
+        ("campaign", "", "blank"),
+        ("campaign", "c" * (CAMPAIGN + 1), f"at most {CAMPAIGN}"),
+        ("campaign", "c\n", "control characters"),
+        ("campaign", " spring", "whitespace"),
+    ],
+)
+def test_the_producer_refuses_a_bad_key_or_campaign_naming_the_field(
+    tmp_path: Path, field: str, value: str, rule: str
+) -> None:
     producer = Producer(Settings(home=tmp_path, ledger_url=f"sqlite:///{tmp_path / 'ledger.db'}"))
     try:
-        with pytest.raises(ValidationError, match="idempotency_key"):
-            producer.enqueue({"callConnectionId": "call-1", "targetParticipant": "4:+14255550123"}, idempotency_key=" ")
+        with pytest.raises(ValidationError) as raised:
+            producer.enqueue({"callConnectionId": "call-1", "targetParticipant": "4:+14255550123"}, **{field: value})
     finally:
         producer.close()
+    (issue,) = raised.value.issues
+    assert issue.field == field
+    assert rule in issue.rule
 
 
 # --- processes ------------------------------------------------------------------------------------------------

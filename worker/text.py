@@ -1,12 +1,17 @@
 """The text rules every way in shares: what can be encoded as UTF-8 and what the ledger can store.
 
 JSON can carry an unpaired surrogate (``\\ud800``), which has no UTF-8 form, and PostgreSQL refuses NUL in text.
-Values that are validated are refused with these (`has_lone_surrogates`, `can_store`); values that are only
-recorded (a poison message, an error ACS sent) are made storable instead (`storable`). The widths of the
-ledger's columns are in `worker.ledger.limits`.
+Values that are validated are refused with these (`has_lone_surrogates`, `can_store`, `is_printable`); values
+that are only recorded (a poison message, an error ACS sent) are made storable instead (`storable`). The widths
+of the ledger's columns are in `worker.ledger.limits`.
 """
 
 from __future__ import annotations
+
+import re
+
+# C0 and C1 control characters, DEL, and the surrogate range (a lone surrogate has no UTF-8 form).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 def has_lone_surrogates(text: str) -> bool:
@@ -18,6 +23,12 @@ def has_lone_surrogates(text: str) -> bool:
 def can_store(text: str) -> bool:
     """Whether the ledger can keep `text`: PostgreSQL refuses NUL, and a lone surrogate has no UTF-8 form."""
     return "\x00" not in text and not has_lone_surrogates(text)
+
+
+def is_printable(text: str) -> bool:
+    """Whether `text` holds no control character and no lone surrogate: what a name that is stored and logged as
+    given (a job id, an idempotency key, a campaign) may hold."""
+    return _UNPRINTABLE.search(text) is None
 
 
 def storable(text: str, limit: int) -> str:

@@ -16,20 +16,21 @@ from click._termui_impl import ProgressBar
 
 from worker.cli.common import settings
 from worker.ledger import State, SyncLedger
-from worker.ledger.campaign import Progress, check_name, op_get_campaign, op_progress, op_save_campaign, parse_rate
+from worker.ledger.campaign import Progress, op_get_campaign, op_progress, op_save_campaign, parse_rate
 from worker.produce.campaign_files import FORMATS, FileError, detect_format, read_rows
-from worker.produce.campaign_submit import DEFAULT_BATCH, SHOWN_REJECTS, RejectsFile, Submitter, Summary
+from worker.produce.campaign_submit import DEFAULT_BATCH, SHOWN_REJECTS, RejectsFile, SubmitSummary, Submitter
 from worker.produce.reports import REPORT_FORMATS, write_report
+from worker.request.names import campaign_problem
 
 #: exit statuses of `submit`, for scripts
 ALL_VALID, SOME_REJECTED, UNREADABLE, INTERRUPTED = 0, 1, 2, 130
 
 
 def _campaign_name(_: click.Context, __: click.Parameter, value: str) -> str:
-    try:
-        return check_name(value)
-    except ValueError as error:
-        raise click.BadParameter(str(error)) from None
+    problem = campaign_problem(value)
+    if problem is not None:
+        raise click.BadParameter(f"a campaign name {problem}")
+    return value
 
 
 def _rate(_: click.Context, __: click.Parameter, value: str | None) -> float | None:
@@ -148,7 +149,7 @@ def submit(
     sys.exit(status)
 
 
-def _print_summary(name: str, summary: Summary, rejects: Path) -> None:
+def _print_summary(name: str, summary: SubmitSummary, rejects: Path) -> None:
     for reject in summary.rejects:
         click.echo(f"rejected {reject}", err=True)
     if summary.rejected > SHOWN_REJECTS:

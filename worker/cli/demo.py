@@ -48,7 +48,7 @@ def demo_faults(rate: float, latency_ms: int, seed: int, gone_calls: list[str]) 
 
 
 @dataclass
-class Summary:
+class DemoSummary:
     jobs: int
     states: dict[str, int]
     retried: int
@@ -88,7 +88,7 @@ def _progress(counts: dict[str, int], total: int, started: float) -> None:
         print(line.ljust(100), end="", file=sys.stderr, flush=True)
 
 
-def _summarise(ledger: SyncLedger, emulator_url: str, total: int, elapsed: float) -> Summary:
+def _summarise(ledger: SyncLedger, emulator_url: str, total: int, elapsed: float) -> DemoSummary:
     rows = ledger.run(op_job_timings)
     effects_by_call: dict[str, int] = _http_json(f"{emulator_url}/_emulator/transfers")["effectsByCall"]
     states: dict[str, int] = {}
@@ -107,10 +107,10 @@ def _summarise(ledger: SyncLedger, emulator_url: str, total: int, elapsed: float
     retried = sum(1 for row in rows if row.attempts > 1)
     doubled = [call for call, count in effects_by_call.items() if count > 1]
     p50, p95 = _percentile(latencies, 0.5), _percentile(latencies, 0.95)
-    return Summary(total, states, retried, effects, doubled, wrong, p50, p95, elapsed)
+    return DemoSummary(total, states, retried, effects, doubled, wrong, p50, p95, elapsed)
 
 
-def _print_summary(summary: Summary, seed: int) -> None:
+def _print_summary(summary: DemoSummary, seed: int) -> None:
     def ms(value: float | None) -> str:
         return "-" if value is None else f"{value:.0f} ms"
 

@@ -19,16 +19,15 @@ from typing import Any
 from worker.deliver.transfer import Context, send_job
 from worker.errors import IdempotencyConflict, ValidationError
 from worker.ledger import Job, Lane, State, op_create_jobs, op_record_dead_message
-from worker.ledger.limits import CAMPAIGN, IDEMPOTENCY_KEY, JOB_ID, MESSAGE_ID
+from worker.ledger.limits import JOB_ID, MESSAGE_ID
 from worker.logs import get_logger
 from worker.request.job import prepare_job
 from worker.request.models import job_id_for_key, parse_transfer
-from worker.text import storable
+from worker.request.names import name_issues
+from worker.text import is_printable, storable
 
 log = get_logger(__name__)
 _KNOWN = {"job_id", "request", "idempotency_key", "campaign", "lane"}
-# The ledger's column sizes: a longer value would fail the insert on PostgreSQL, every time the message came back.
-_LIMITS = {"job_id": JOB_ID, "idempotency_key": IDEMPOTENCY_KEY, "campaign": CAMPAIGN}
 _MAX_REASON = 2000
 _MAX_PAYLOAD = 100_000
 
@@ -37,8 +36,9 @@ class BadMessage(ValueError):
     """The message cannot become a job."""
 
 
-def _is_plain(text: str) -> bool:
-    return not any(ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 or 0xD800 <= ord(ch) < 0xE000 for ch in text)
+def _is_job_id(value: object) -> bool:
+    # What the ledger can key a job by: a longer id would fail the insert on PostgreSQL each time it came back.
+    return isinstance(value, str) and bool(value.strip()) and len(value) <= JOB_ID and is_printable(value)
 
 
 async def record_dead_message(ctx: Context, message_id: str | None, reason: str, payload: object) -> None:
@@ -53,24 +53,23 @@ def _job_from_kwargs(task_id: str, kwargs: Mapping[str, Any]) -> tuple[str, Any]
     unknown = sorted(set(kwargs) - _KNOWN)
     if unknown:
         raise BadMessage(f"unknown message fields: {', '.join(map(repr, unknown))}")
-    for name, limit in _LIMITS.items():
-        value = kwargs.get(name)
-        if value is not None and (
-            not isinstance(value, str) or not value.strip() or len(value) > limit or not _is_plain(value)
-        ):
-            raise BadMessage(f"{name} must be a non-empty string of at most {limit} printable characters")
+    job_id = kwargs.get("job_id")
+    if job_id is not None and not _is_job_id(job_id):
+        raise BadMessage(f"job_id must be a non-empty string of at most {JOB_ID} printable characters")
+    issues = name_issues(kwargs.get("idempotency_key"), kwargs.get("campaign"))
+    if issues:
+        raise BadMessage("; ".join(map(str, issues)))
     if kwargs.get("lane", Lane.LIVE) not in Lane.ALL:
         raise BadMessage(f"lane must be one of {', '.join(Lane.ALL)}")
-    job_id = kwargs.get("job_id")
     if job_id is None and "request" not in kwargs:
         raise BadMessage("message carries neither job_id nor request")
     key = kwargs.get("idempotency_key")
     if job_id is None and key is not None:
         # The key names the job as it does for every producer: one key, one job, whichever way it came in.
         return job_id_for_key(key), kwargs.get("request")
-    if job_id is None and (not task_id or len(task_id) > _LIMITS["job_id"] or not _is_plain(task_id)):
+    if job_id is None and not _is_job_id(task_id):
         # The task id becomes the job's id: it must fit the ledger as a job_id would.
-        raise BadMessage(f"the message's task id must be 1 to {_LIMITS['job_id']} printable characters")
+        raise BadMessage(f"the message's task id must be 1 to {JOB_ID} printable characters")
     return job_id or task_id, kwargs.get("request")
 
 

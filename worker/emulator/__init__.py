@@ -13,20 +13,20 @@ benchmarks can run against it instead of ACS.
 
 from __future__ import annotations
 
-from worker.emulator.answers import Answer
+from worker.emulator.answers import EmulatorAnswer
 from worker.emulator.config import DEFAULT_API_VERSIONS, EmulatorConfig
 from worker.emulator.effects import EffectsLedger, TransferEffect
 from worker.emulator.faults import Fault, FaultPlan, FaultPlanError, RandomFaults
 from worker.emulator.runner import Emulator, run_emulator, start_emulator
-from worker.emulator.server import STATE, create_app
+from worker.emulator.server import STATE, create_emulator_app
 from worker.emulator.state import EmulatorState, LoggedRequest
 
 __all__ = [
     "DEFAULT_API_VERSIONS",
     "STATE",
-    "Answer",
     "EffectsLedger",
     "Emulator",
+    "EmulatorAnswer",
     "EmulatorConfig",
     "EmulatorState",
     "Fault",
@@ -35,7 +35,7 @@ __all__ = [
     "LoggedRequest",
     "RandomFaults",
     "TransferEffect",
-    "create_app",
+    "create_emulator_app",
     "run_emulator",
     "start_emulator",
 ]

@@ -9,7 +9,7 @@ from typing import Any
 
 
 @dataclass(frozen=True)
-class Answer:
+class EmulatorAnswer:
     """One HTTP answer; repeatable requests store it so a retry can be replayed byte for byte."""
 
     status: int
@@ -27,7 +27,9 @@ def error_code(status: int) -> str:
         return str(status)
 
 
-def acs_error(status: int, message: str, code: str | None = None, headers: Mapping[str, str] | None = None) -> Answer:
+def acs_error(
+    status: int, message: str, code: str | None = None, headers: Mapping[str, str] | None = None
+) -> EmulatorAnswer:
     """A `CommunicationErrorResponse`: ``{"error": {"code", "message"}}``."""
     body = {"error": {"code": code or error_code(status), "message": message}}
-    return Answer(status, body, dict(headers or {}))
+    return EmulatorAnswer(status, body, dict(headers or {}))

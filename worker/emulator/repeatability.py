@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 
 from worker.acs.signing import http_date, parse_http_date
-from worker.emulator.answers import Answer, acs_error
+from worker.emulator.answers import EmulatorAnswer, acs_error
 
 REQUEST_ID_HEADER = "Repeatability-Request-ID"
 FIRST_SENT_HEADER = "Repeatability-First-Sent"
@@ -47,7 +47,7 @@ class RepeatabilityKey:
 class Rejection:
     """The request is refused by the repeatability layer (``Repeatability-Result: rejected``)."""
 
-    answer: Answer
+    answer: EmulatorAnswer
 
 
 def parse_headers(request_id: str | None, first_sent: str | None) -> RepeatabilityKey | Rejection | None:
@@ -93,7 +93,7 @@ class Record:
     first_sent: float
     expires_at: float
     in_progress: bool = False
-    answer: Answer | None = None
+    answer: EmulatorAnswer | None = None
     executions: int = 0
     #: an execution of this id moved the call: executing it again meets a call that is gone (404)
     moved: bool = False
@@ -108,12 +108,12 @@ class Execute:
 
 @dataclass(frozen=True)
 class Replay:
-    answer: Answer
+    answer: EmulatorAnswer
 
 
 @dataclass(frozen=True)
 class InProgress:
-    answer: Answer
+    answer: EmulatorAnswer
 
 
 Decision = Execute | Replay | InProgress | Rejection
@@ -160,7 +160,7 @@ class RepeatabilityStore:
         record.executions += 1
         return Execute(record)
 
-    def finish(self, record: Record, answer: Answer) -> None:
+    def finish(self, record: Record, answer: EmulatorAnswer) -> None:
         record.in_progress = False
         record.answer = answer
 

@@ -12,7 +12,7 @@ from types import TracebackType
 from aiohttp import web
 
 from worker.emulator.config import EmulatorConfig
-from worker.emulator.server import STATE, create_app
+from worker.emulator.server import STATE, create_emulator_app
 from worker.emulator.state import EmulatorState
 
 # Hanging faults can keep handlers alive for their whole duration; shutting down must not wait for them.
@@ -60,7 +60,7 @@ async def start_emulator(
     ssl_context: ssl.SSLContext | None = None,
 ) -> Emulator:
     """Serve on `host`:`port` (0 picks a free port) until `Emulator.close()`."""
-    runner = web.AppRunner(create_app(config), access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT)
+    runner = web.AppRunner(create_emulator_app(config), access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT)
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     try:

@@ -23,7 +23,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from worker.emulator.answers import Answer, acs_error
+from worker.emulator.answers import EmulatorAnswer, acs_error
 from worker.emulator.auth import authenticate
 from worker.emulator.callbacks import Delivery
 from worker.emulator.config import EmulatorConfig
@@ -63,7 +63,7 @@ class _Disconnect:
 _DISCONNECT = _Disconnect()
 
 
-def create_app(config: EmulatorConfig) -> web.Application:
+def create_emulator_app(config: EmulatorConfig) -> web.Application:
     """The emulator as an aiohttp application; its state is ``app[STATE]``."""
     app = web.Application()
     app[STATE] = EmulatorState(config)
@@ -97,7 +97,7 @@ def call_connection_id_from_path(raw_path: str) -> str | None:
     return unquote(segment)
 
 
-def _json(answer: Answer, extra_headers: dict[str, str] | None = None) -> web.Response:
+def _json(answer: EmulatorAnswer, extra_headers: dict[str, str] | None = None) -> web.Response:
     headers = {**answer.headers, **(extra_headers or {})}
     return web.json_response(dict(answer.body), status=answer.status, headers=headers)
 
@@ -137,7 +137,9 @@ async def _calling(request: web.Request) -> web.StreamResponse:
     return _json(outcome, {"x-ms-client-request-id": client_request_id} if client_request_id else None)
 
 
-async def _transfer(request: web.Request, call_connection_id: str, entry: LoggedRequest) -> Answer | _Disconnect:
+async def _transfer(
+    request: web.Request, call_connection_id: str, entry: LoggedRequest
+) -> EmulatorAnswer | _Disconnect:
     state = request.app[STATE]
     config = state.config
     raw = await request.read()
@@ -198,7 +200,7 @@ async def _process(
     raw: bytes,
     body: dict[str, Any],
     fault: Fault | None,
-) -> tuple[Answer, bool, bool]:
+) -> tuple[EmulatorAnswer, bool, bool]:
     """Steps 4 and 5: the repeatability decision and, if it says so, the execution.
     Returns (answer, executed, whether the execution carried out the transfer)."""
     key = parse_headers(request.headers.get(REQUEST_ID_HEADER), request.headers.get(FIRST_SENT_HEADER))
@@ -224,7 +226,7 @@ async def _execute(
     body: dict[str, Any],
     fault: Fault | None,
     record: Record | None,
-) -> tuple[Answer, bool]:
+) -> tuple[EmulatorAnswer, bool]:
     """The request is in progress for `latency`, then carries out the transfer (or ACS answers an ``answer``
     fault, or the call already moved). Returns what ACS answers and records, and whether it transferred."""
     try:
@@ -260,7 +262,7 @@ async def _transfer_call(
     body: dict[str, Any],
     record: Record | None,
     answer_hidden: bool,
-) -> Answer:
+) -> EmulatorAnswer:
     """Move the call (or fail to: ``CallTransferFailed``), schedule its outcome event, and answer 202."""
     plan = state.fault_plan.callbacks
     execution = record.executions if record else 0
@@ -275,10 +277,10 @@ async def _transfer_call(
     if delivery is not None and fate.early:
         await asyncio.wait({delivery}, timeout=EARLY_EVENT_WAIT)  # the event overtakes the 202
     result = {"operationContext": body["operationContext"]} if "operationContext" in body else {}
-    return Answer(202, result)
+    return EmulatorAnswer(202, result)
 
 
-async def _inflict(fault: Fault) -> Answer | _Disconnect:
+async def _inflict(fault: Fault) -> EmulatorAnswer | _Disconnect:
     """What the client sees instead of ACS's answer: a status from the front door, a hang, or a reset."""
     if fault.kind == "status":
         assert fault.status is not None
@@ -290,8 +292,8 @@ async def _inflict(fault: Fault) -> Answer | _Disconnect:
     return _DISCONNECT
 
 
-def _with_result(answer: Answer, result: str) -> Answer:
-    return Answer(answer.status, answer.body, {**answer.headers, RESULT_HEADER: result})
+def _with_result(answer: EmulatorAnswer, result: str) -> EmulatorAnswer:
+    return EmulatorAnswer(answer.status, answer.body, {**answer.headers, RESULT_HEADER: result})
 
 
 async def _keys(request: web.Request) -> web.Response:

@@ -40,10 +40,10 @@ from worker.ledger.outcomes import (
 )
 from worker.ledger.schema import (
     Event,
+    EventOutcome,
     Job,
     Lane,
     NewJob,
-    Outcome,
     State,
     body_hash,
     callback_events,
@@ -59,11 +59,11 @@ from worker.ledger.stores import LEDGER_ERRORS, Ledger, SyncLedger
 __all__ = [
     "LEDGER_ERRORS",
     "Event",
+    "EventOutcome",
     "Job",
     "Lane",
     "Ledger",
     "NewJob",
-    "Outcome",
     "State",
     "SyncLedger",
     "body_hash",

@@ -14,23 +14,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from worker.ledger import Job, State, campaigns, job_events, jobs
-from worker.ledger.limits import CAMPAIGN
 from worker.ledger.operations import dialect_insert
 
-MAX_NAME_LENGTH = CAMPAIGN
 #: the states a job can still leave on its own; a campaign with none of them is settled
 ACTIVE = (State.QUEUED, State.SENDING, State.RETRY_WAIT)
 _RATE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(?:/\s*(s|sec|second|m|min|minute|h|hour))?\s*$", re.IGNORECASE)
 _PER = {"s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def check_name(name: str) -> str:
-    """A campaign name: 1 to 200 printable characters without spaces at its ends."""
-    if not name.strip() or name != name.strip():
-        raise ValueError("a campaign name must be non-empty, without spaces at its ends")
-    if len(name) > MAX_NAME_LENGTH or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in name):
-        raise ValueError(f"a campaign name must be at most {MAX_NAME_LENGTH} printable characters")
-    return name
 
 
 def parse_rate(text: str) -> float:

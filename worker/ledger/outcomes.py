@@ -11,7 +11,7 @@ from sqlalchemy.engine import Connection
 from worker.errors import JobNotFound, ReplayRefused
 from worker.ledger.limits import JOB_ID
 from worker.ledger.operations import _event, _insert_ignoring_conflicts, op_create_jobs, op_get
-from worker.ledger.schema import Job, NewJob, Outcome, State, callback_events, jobs
+from worker.ledger.schema import EventOutcome, Job, NewJob, State, callback_events, jobs
 from worker.text import can_store
 
 
@@ -46,7 +46,7 @@ def op_find_job_for_event(
     return None, f"more than one job sent on {where} is waiting for an outcome; nothing tells which one this is"
 
 
-def op_apply_outcome(connection: Connection, job_id: str, outcome: Outcome, detail: str, now: float) -> Job | None:
+def op_apply_outcome(connection: Connection, job_id: str, outcome: EventOutcome, detail: str, now: float) -> Job | None:
     """Settle a job from an outcome event if it is still waiting for one; None otherwise (already settled)."""
     query = sa.select(jobs.c.state).where(jobs.c.id == job_id)
     if connection.dialect.name == "postgresql":
@@ -197,7 +197,7 @@ class TransferEvent:
     type: str
     call_connection_id: str
     operation_context: str | None
-    outcome: Outcome
+    outcome: EventOutcome
     payload: str
 
 

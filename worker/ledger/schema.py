@@ -230,7 +230,7 @@ def body_hash(body: bytes) -> str:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class EventOutcome:
     """What an outcome event means for a job: the final state and ACS's resultInformation."""
 
     state: str

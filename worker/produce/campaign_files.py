@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from worker.errors import Issue
+from worker.request.names import key_problem
 from worker.text import has_lone_surrogates
 
 #: columns a CSV file may have besides sip.*, voip.* and its key column
@@ -39,7 +40,6 @@ WIRE_COLUMNS = (
 REQUIRED_COLUMNS = ("callConnectionId", "targetParticipant")
 SIP_PREFIX = "sip."
 VOIP_PREFIX = "voip."
-MAX_KEY_LENGTH = 256
 #: a longer physical line is a rejected row (only its start is kept, so memory stays bounded)
 MAX_LINE_BYTES = 1024 * 1024
 #: how much of an over-long line a reject shows
@@ -162,11 +162,12 @@ def _check_key(value: object, column: str, issues: list[Issue]) -> str | None:
     key = str(value)
     if not key.strip():
         issues.append(Issue(column, "the key is empty: every row needs one"))
-    elif len(key) > MAX_KEY_LENGTH or has_lone_surrogates(key):
-        issues.append(Issue(column, f"the key must be at most {MAX_KEY_LENGTH} characters of valid UTF-8"))
-    else:
-        return key
-    return None
+        return None
+    problem = key_problem(key)
+    if problem is not None:
+        issues.append(Issue(column, f"the key {problem}"))
+        return None
+    return key
 
 
 # --- CSV -------------------------------------------------------------------------------------------------

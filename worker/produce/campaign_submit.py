@@ -60,7 +60,7 @@ class Reject:
 
 
 @dataclass
-class Summary:
+class SubmitSummary:
     read: int = 0
     valid: int = 0
     rejected: int = 0
@@ -133,9 +133,9 @@ class Submitter:
         self._callback_base_url = callback_base_url
         self._publishing = True
         self.stopping = False
-        self.summary = Summary()
+        self.summary = SubmitSummary()
 
-    def submit(self, rows: Iterable[Row]) -> Summary:
+    def submit(self, rows: Iterable[Row]) -> SubmitSummary:
         # Batch N is published on a thread of its own while batch N+1 is read, validated and written: the two
         # mostly wait on different servers. At most two batches wait for it, so memory stays bounded.
         outbox: queue.Queue[list[str] | None] = queue.Queue(maxsize=2)

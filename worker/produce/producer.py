@@ -19,7 +19,7 @@ from typing import Any
 from celery import Celery
 
 from worker.config import Settings
-from worker.errors import Issue, ValidationError
+from worker.errors import ValidationError
 from worker.ledger import Job, Lane, NewJob, SyncLedger
 from worker.logs import get_logger
 from worker.produce.group_commit import GroupCommit
@@ -28,6 +28,7 @@ from worker.queue.bulk import BatchPublisher
 from worker.queue.publisher import Publisher
 from worker.request.job import prepare_job
 from worker.request.models import TransferRequest, parse_transfer
+from worker.request.names import name_issues
 
 log = get_logger(__name__)
 
@@ -68,10 +69,11 @@ class Producer:
         campaign: str | None = None,
         lane: str = Lane.LIVE,
     ) -> Enqueued:
+        issues = name_issues(idempotency_key, campaign)
+        if issues:
+            raise ValidationError(issues)
         if not isinstance(request, TransferRequest):
             request = parse_transfer(request)
-        if idempotency_key is not None and not idempotency_key.strip():
-            raise ValidationError([Issue("idempotency_key", "must not be blank")])
         new_job = prepare_job(
             request,
             idempotency_key=idempotency_key,

@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from worker.errors import CallbackRejected
-from worker.ledger import Ledger, Outcome, State
+from worker.ledger import EventOutcome, Ledger, State
 from worker.ledger.limits import EVENT_ID
 from worker.ledger.outcomes import Received, TransferEvent, op_receive
 from worker.logs import get_logger
@@ -63,7 +63,7 @@ def parse_event(event: object) -> TransferEvent | str:
         type=event_type,
         call_connection_id=data["callConnectionId"],
         operation_context=context if isinstance(context, str) else None,
-        outcome=Outcome(
+        outcome=EventOutcome(
             state=TRANSFER_OUTCOMES[event_type],
             code=_integer(result.get("code")),
             subcode=_integer(result.get("subCode")),

@@ -27,14 +27,14 @@ from aiohttp import web
 from worker.config import Settings
 from worker.errors import IdempotencyConflict, Issue, ValidationError
 from worker.ledger import Job, Lane, Ledger, NewJob, op_create_jobs, op_events, op_get
-from worker.ledger.campaign import check_name, op_progress
+from worker.ledger.campaign import op_progress
 from worker.metrics import INTAKE
 from worker.produce.views import history_view, job_view
 from worker.queue.publisher import Publisher
 from worker.request.job import prepare_job
 from worker.request.models import parse_transfer
-from worker.serve.openapi import MAX_KEY_LENGTH, OPENAPI
-from worker.text import can_store
+from worker.request.names import name_issues
+from worker.serve.openapi import OPENAPI
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -89,19 +89,9 @@ class Intake:
         self.publisher = publisher
 
     def _new_job(self, item: Any, key: str | None, campaign: str | None, lane: Any, where: str) -> NewJob:
-        # Keys and campaign names are stored as given: what the ledger cannot store (NUL, an unpaired surrogate,
-        # a name longer than its column) is refused here rather than failing the insert with a 500.
-        if key is not None and (not key.strip() or len(key) > MAX_KEY_LENGTH or not can_store(key)):
-            raise ValidationError(
-                [Issue("Idempotency-Key", f"must be 1 to {MAX_KEY_LENGTH} characters, without NUL")], where
-            )
-        if campaign is not None:
-            try:
-                check_name(campaign)
-                if not can_store(campaign):
-                    raise ValueError("a campaign name must be valid UTF-8")
-            except ValueError as problem:
-                raise ValidationError([Issue("campaign", str(problem))], where) from None
+        issues = name_issues(key, campaign, key_field="Idempotency-Key")
+        if issues:
+            raise ValidationError(issues, where)
         if lane not in Lane.ALL:
             raise ValidationError([Issue("lane", f"must be one of {', '.join(Lane.ALL)}")], where)
         request = parse_transfer(item, where=where)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from worker.ledger.campaign import MAX_NAME_LENGTH
-from worker.ledger.limits import IDEMPOTENCY_KEY
+from worker.ledger.limits import CAMPAIGN, IDEMPOTENCY_KEY
 from worker.request.identifiers import MAX_ID_LENGTH, RAW_ID_FORMS, RAW_ID_PREFIXES
 from worker.request.models import (
     MAX_CALL_CONNECTION_ID_LENGTH,
@@ -20,7 +19,6 @@ from worker.request.models import (
     SIP_UUI_HEADER,
 )
 
-MAX_KEY_LENGTH = IDEMPOTENCY_KEY  # an idempotency key, as the intake takes it (worker.serve.intake uses this one)
 DEFAULT_MAX_BATCH = 1000  # INTAKE_MAX_BATCH's default; the server states its own limit in a 413
 
 # Constraints come from the limits the validator (`worker.request.models`, `worker.request.identifiers`)
@@ -149,12 +147,19 @@ _CONTEXT_FIELDS.update({name: _optional(schema) for name, schema in _CONTEXT_FIE
 _TRANSFER_FIELDS = {
     name: schema if name in _REQUIRED_FIELDS else _optional(schema) for name, schema in _TRANSFER_FIELDS.items()
 }
-_KEY = {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH, "pattern": r"^(?=[\s\S]*\S)[^\x00]*$"}
+# The rule of `worker.request.names`: not blank, printable, at most the ledger's width (and a campaign name
+# without whitespace at its ends).
+_KEY = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": IDEMPOTENCY_KEY,
+    "pattern": f"^{_PRINTABLE}*[^\\s{_CONTROL}]{_PRINTABLE}*{_END}",
+}
 _CAMPAIGN = {
     "type": "string",
     "minLength": 1,
-    "maxLength": MAX_NAME_LENGTH,
-    "pattern": r"^[^\s\x00-\x1f\x7f]([^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f])?" + _END,
+    "maxLength": CAMPAIGN,
+    "pattern": f"^[^\\s{_CONTROL}]({_PRINTABLE}*[^\\s{_CONTROL}])?{_END}",
 }
 _LANE = {"type": "string", "enum": ["live", "bulk"], "description": "live (default) or bulk"}
 _TRANSFER = {

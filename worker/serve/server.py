@@ -18,7 +18,7 @@ from worker.serve.tokens import TokenVerifier
 log = get_logger(__name__)
 
 
-async def create_app(settings: Settings) -> web.Application:
+async def create_server_app(settings: Settings) -> web.Application:
     """The application with its resources opened (ledger pool, HTTP session); they close with the app."""
     settings.check()
     if settings.callback_verify and not settings.acs_resource_id:
@@ -63,4 +63,4 @@ def run_server(settings: Settings) -> None:
     def listening(_: str) -> None:  # aiohttp calls this once every socket is bound
         log.info("server.listening", url=f"http://{shown}:{port}", host=host, port=port)
 
-    web.run_app(create_app(settings), host=host, port=port, print=listening)
+    web.run_app(create_server_app(settings), host=host, port=port, print=listening)
