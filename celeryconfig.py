@@ -8,5 +8,5 @@ from worker.config import read_env
 from worker.queue.broker import celery_config
 
 # Not `Settings.from_env()`: a bad setting is refused with one line by the worker's start-up check
-# (`worker.queue.app`), not with a traceback from inside Celery's option parsing.
+# (`worker.deliver.startup`), not with a traceback from inside Celery's option parsing.
 globals().update(celery_config(read_env()[0]))

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from worker.errors import ConfigError, Issue
-from worker.redact import mask_url
+from worker.redact import mask_url, url_secrets
 
 DEFAULT_API_VERSION = "2024-09-15"
 DEFAULT_QUEUE = "acs-transfer"
@@ -222,6 +222,18 @@ class Settings:
     def send_deadline(self) -> float:
         """Seconds after First-Sent within which an attempt may still start."""
         return self.repeatability_window - self.window_safety_margin
+
+    def secrets(self) -> list[str | bytes | None]:
+        """Every secret value these settings hold, for the log scrubber: the access key (as bytes, so each of its
+        spellings is caught), whole secret fields, and the passwords inside URLs."""
+        found: list[str | bytes | None] = [self.acs_connection_string, *self.intake_tokens]
+        if self.acs_connection_string and isinstance(
+            parsed := _parse_connection_string(self.acs_connection_string), AcsCredentials
+        ):
+            found.append(parsed.access_key)
+        for url in (self.broker_url, self.ledger_url, self.rate_limit_redis_url):
+            found += url_secrets(url or "")
+        return found
 
     def __repr__(self) -> str:
         shown = []

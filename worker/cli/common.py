@@ -9,7 +9,7 @@ import click
 
 from worker.config import Settings
 from worker.errors import ConfigError, LedgerSchemaError
-from worker.logs import configure, register_secret
+from worker.logs import configure
 
 
 def settings() -> Settings:
@@ -18,8 +18,7 @@ def settings() -> Settings:
         loaded = Settings.from_env()
     except ConfigError as error:
         raise click.ClickException(str(error)) from None
-    register_secret(loaded.acs_connection_string)
-    configure(loaded.log_level, loaded.log_format)
+    configure(loaded.log_level, loaded.log_format, secrets=loaded.secrets())
     return loaded
 
 

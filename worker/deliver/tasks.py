@@ -12,37 +12,17 @@ from typing import Any
 import structlog
 from celery import Task, signals
 
-from worker.acs.entra import START_CHECK_SECONDS, TokenUnavailable, check_token
-from worker.config import Settings
+from worker.acs.entra import TokenUnavailable
+from worker.deliver import startup  # noqa: F401 - connects the start-up gate to the worker's signals
 from worker.deliver.messages import handle_message
 from worker.deliver.runtime import get_runtime, stop_runtime
 from worker.ledger import LEDGER_ERRORS, Lane
-from worker.logs import configure, get_logger
+from worker.logs import get_logger
 from worker.queue.app import app
 from worker.queue.broker import TASK_NAME
 
 log = get_logger(__name__)
 _MAX_INFRA_BACKOFF = 60
-
-
-@signals.worker_init.connect
-def _configure_logging(**_: Any) -> None:
-    settings = Settings.from_env()
-    configure(settings.log_level, settings.log_format)
-
-
-@signals.worker_init.connect
-def _check_entra_credential(**_: Any) -> None:
-    """Under Microsoft Entra ID, refuse to start (one line, exit 1) unless a token for ACS can be had."""
-    settings = Settings.from_env()
-    if not settings.acs_endpoint:
-        return
-    try:
-        detail = check_token(max(settings.request_timeout, START_CHECK_SECONDS))
-    except TokenUnavailable as error:
-        log.error("worker.refused", reason=str(error))
-        raise SystemExit(1) from None
-    log.info("worker.credential", detail=detail)
 
 
 @signals.worker_ready.connect

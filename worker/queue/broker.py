@@ -97,7 +97,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_pool": "threads",
         "worker_concurrency": settings.worker_concurrency,
         "worker_prefetch_multiplier": 1,
-        "worker_hijack_root_logger": False,
         "worker_consumer": "worker.deliver.consumer:RecordingConsumer",
         # The file-backed transport has no broadcast worth polling for; remote control needs a real broker.
         "worker_enable_remote_control": not embedded,
