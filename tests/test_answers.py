@@ -31,8 +31,17 @@ from worker.cli import main
 from worker.config import Settings
 from worker.deliver.transfer import Context, send_job
 from worker.emulator import Emulator
-from worker.ledger import Job, Ledger, State, SyncLedger, op_apply_outcome, op_claim, op_events, op_transition
-from worker.ledger import EventOutcome
+from worker.ledger import (
+    EventOutcome,
+    Job,
+    Ledger,
+    State,
+    SyncLedger,
+    op_apply_outcome,
+    op_claim,
+    op_events,
+    op_transition,
+)
 from worker.request.job import prepare_job
 from worker.request.models import parse_transfer
 
