@@ -56,7 +56,7 @@ class Producer:
         self.settings = (settings or Settings.from_env()).check()
         self.ledger = SyncLedger(self.settings.ledger_url)
         app = app or create_app(self.settings)
-        self.publisher = Publisher(app, self.settings)  # for the sweeper's and operators' views of the queues
+        self.publisher = Publisher(app, self.settings)  # for each lane's queue depth (queue_depths)
         # Used only by the group's writer, one thread at a time.
         self._publishers = {lane: BatchPublisher(app, self.settings, lane=lane) for lane in Lane.ALL}
         self._group: GroupCommit[NewJob, Enqueued] = GroupCommit(self._enqueue_batch)
