@@ -74,7 +74,7 @@ from bench.support import group_pids  # noqa: E402
 from worker.config import Settings  # noqa: E402
 from worker.emulator.config import DEFAULT_RESOURCE_ID  # noqa: E402
 from worker.errors import JobNotFound, ReplayRefused  # noqa: E402
-from worker.ledger import State, SyncLedger, job_events, jobs  # noqa: E402
+from worker.ledger import SETTLED_STATES, State, SyncLedger, job_events, jobs  # noqa: E402
 from worker.ledger.campaign import op_save_campaign  # noqa: E402
 from worker.logs import configure  # noqa: E402
 from worker.processes import child_env, free_port, kill, spawn_emulator, spawn_worker, stop, wait_for_http  # noqa: E402
@@ -104,7 +104,7 @@ PROGRESS_EVERY = 10.0
 NOT_DEFINITE = frozenset({408, 409, 412, 429})
 EXAMPLES = 5
 ACTIVE = (State.QUEUED, State.SENDING, State.RETRY_WAIT, State.UNKNOWN)
-KNOWN = frozenset(State.ALL)
+KNOWN = frozenset(State)
 
 
 def is_definite(status: int | None) -> bool:
@@ -869,11 +869,11 @@ def run_chaos(config: ChaosConfig, out: Callable[[str], None] = print) -> ChaosR
         try:
             while time.monotonic() < deadline:
                 counts = _counts(monitor)
-                feeder.settled = sum(counts.get(state, 0) for state in State.SETTLED)
+                feeder.settled = sum(counts.get(state, 0) for state in SETTLED_STATES)
                 now = time.monotonic()
                 if now >= next_progress:
                     next_progress = now + PROGRESS_EVERY
-                    shown = " ".join(f"{state} {counts[state]}" for state in State.ALL if counts.get(state))
+                    shown = " ".join(f"{state} {counts[state]}" for state in State if counts.get(state))
                     say(f"progress: {feeder.enqueued}/{config.jobs} enqueued; {shown}; rss {_peak_rss_mb():.0f} MB")
                 for when, count in [r for r in restarts if r[0] <= now]:
                     restarts.remove((when, count))

@@ -72,7 +72,7 @@ from bench.support import (
 )
 from bench.wire import TARGET
 from worker.config import Settings
-from worker.ledger import State, op_count_by_state
+from worker.ledger import SETTLED_STATES, op_count_by_state
 from worker.processes import child_env, free_port, new_access_key, spawn_emulator, spawn_worker, stop
 from worker.produce.producer import Producer
 from worker.queue.broker import transfer_queue
@@ -342,7 +342,7 @@ class OursMode(QueuedMode):
     def finished(self, batch: str, calls: Sequence[str]) -> int:
         self._check_alive()
         counts = self.states(batch)
-        return sum(counts.get(state, 0) for state in State.SETTLED)
+        return sum(counts.get(state, 0) for state in SETTLED_STATES)
 
     def job_state(self, job_id: str) -> str:
         assert self.producer is not None
@@ -540,7 +540,7 @@ class Run:
             at = time.time()
             job_id = mode.enqueue(call, "sequential")
             started[call] = at
-            wait_until(lambda job=job_id: mode.job_state(job) in State.SETTLED, 30, 0.002, f"job {job_id}")
+            wait_until(lambda job=job_id: mode.job_state(job) in SETTLED_STATES, 30, 0.002, f"job {job_id}")
             time.sleep(0.05)  # idle again before the next one
         done, _, _ = first_accepted(self.emulator.requests())
         return low_load("ours", latency_ms, started, done)

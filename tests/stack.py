@@ -23,7 +23,7 @@ from aiohttp import web
 
 from worker.config import Settings
 from worker.emulator import Emulator, EmulatorConfig, start_emulator
-from worker.ledger import Job, Lane, State
+from worker.ledger import SETTLED_STATES, Job, Lane
 from worker.processes import child_env, free_port, spawn_worker, stop
 from worker.produce.producer import Producer
 from worker.queue.broker import TASK_NAME, lane_queues, transfer_queue
@@ -61,7 +61,7 @@ class Stack:
             await asyncio.sleep(0.1)
 
     async def settled(self, job_id: str, timeout: float = 45.0) -> Job:
-        await self.wait_for(lambda: self.job(job_id).state in State.SETTLED, f"job {job_id} to settle", timeout)
+        await self.wait_for(lambda: self.job(job_id).state in SETTLED_STATES, f"job {job_id} to settle", timeout)
         return self.job(job_id)
 
     def requests_for(self, call: str) -> list[Any]:

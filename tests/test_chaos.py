@@ -21,6 +21,7 @@ from worker.acs.client import Answer, Outcome, Reach
 from worker.config import Settings
 from worker.deliver.transfer import Context, send_job
 from worker.ledger import (
+    SETTLED_STATES,
     EventOutcome,
     Ledger,
     State,
@@ -221,7 +222,7 @@ def test_a_settled_job_cannot_start_an_attempt_even_for_its_last_holder(ledger_u
     assert sync.run(op_claim, job.id, "worker-a", now, now + 30) is not None
     outcome = EventOutcome(State.TRANSFERRED, 200, 7015, "done")
     assert sync.run(op_apply_outcome, job.id, outcome, "CallTransferAccepted", now) is not None
-    for state in State.SETTLED:
+    for state in SETTLED_STATES:
         assert sync.run(op_start_attempt, job.id, "worker-a", state, 2, int(now), now, now + 30) is None
     assert sync.get(job.id).state == State.TRANSFERRED
     sync.close()

@@ -35,7 +35,7 @@ from worker.config import DEFAULT_API_VERSION, EntraIdEndpoint, Settings
 from worker.emulator import Emulator, EmulatorConfig, FaultPlan, start_emulator
 from worker.emulator.entra import AUDIENCE, DEFAULT_TENANT, REVOKED, EntraConfig, EntraIssuer
 from worker.errors import ConfigError
-from worker.ledger import Job, State
+from worker.ledger import SETTLED_STATES, Job, State
 from worker.processes import child_env, free_port, spawn_worker, stop
 from worker.produce.producer import Producer
 
@@ -311,7 +311,7 @@ async def test_a_campaign_of_1000_jobs_under_entra_id_with_tokens_expiring_every
 
         def settled() -> bool:
             counts.update(_counts(producer))
-            return sum(counts.get(state, 0) for state in State.SETTLED) == 1000
+            return sum(counts.get(state, 0) for state in SETTLED_STATES) == 1000
 
         await _wait_for(settled, "1,000 jobs to settle", timeout=240)
     finally:
@@ -417,7 +417,7 @@ async def test_a_revoked_token_is_renewed_once_and_the_same_request_resent(
         issued_before = authority.issuer.issued
         assert authority.issuer.revoke_all() >= 1
         job_id = producer.enqueue({"callConnectionId": "second", "targetParticipant": "4:+15551234567"}).job_id
-        await _wait_for(lambda: producer.ledger.get(job_id).state in State.SETTLED, "the second job")
+        await _wait_for(lambda: producer.ledger.get(job_id).state in SETTLED_STATES, "the second job")
         job = producer.ledger.get(job_id)
     finally:
         producer.close()

@@ -33,7 +33,7 @@ from stack import Stack
 
 from worker.config import Settings
 from worker.emulator.config import DEFAULT_RESOURCE_ID
-from worker.ledger import State, op_dead_messages
+from worker.ledger import FINAL_STATES, State, op_dead_messages
 from worker.processes import child_env, free_port, spawn_emulator, spawn_worker, stop, wait_for_http
 from worker.queue.broker import TASK_NAME, celery_config, transfer_queue
 
@@ -155,7 +155,7 @@ def test_a_full_run_at_debug_level_shows_no_secret_anywhere(postgres_url: str, t
         job_ids += [item["job_id"] for item in body["results"] if item["status"] == "created"]
 
         deadline = time.monotonic() + 90
-        final = {*State.FINAL, State.ACCEPTED}
+        final = {*FINAL_STATES, State.ACCEPTED}
         while time.monotonic() < deadline:
             states = {job: _http(f"{intake}/{job}", token=tokens[1])[1]["state"] for job in job_ids}
             if set(states.values()) <= final and State.DEAD in states.values():

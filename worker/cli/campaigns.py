@@ -226,7 +226,7 @@ def _write_report(ledger: SyncLedger, name: str, path: Path) -> None:
 
 
 def _table(progress: Progress) -> list[str]:
-    lines = [f"  {state:<16}{progress.counts.get(state, 0):>10}" for state in State.ALL]
+    lines = [f"  {state:<16}{progress.counts.get(state, 0):>10}" for state in State]
     if progress.awaiting_dispatch:
         lines[0] += f"   {progress.awaiting_dispatch} awaiting dispatch at the campaign's rate"
     share = 100.0 * progress.final / progress.total if progress.total else 0.0
@@ -241,7 +241,7 @@ def _table(progress: Progress) -> list[str]:
 def _document(name: str, progress: Progress) -> dict[str, object]:
     return {
         "campaign": name,
-        "counts": {state: progress.counts.get(state, 0) for state in State.ALL},
+        "counts": {state: progress.counts.get(state, 0) for state in State},
         "total": progress.total,
         "active": progress.active,
         "settled": progress.settled,

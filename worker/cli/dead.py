@@ -11,7 +11,7 @@ from worker.cli.common import settings
 from worker.cli.jobs import show_job
 from worker.errors import JobNotFound, ReplayRefused
 from worker.ledger import (
-    State,
+    REPLAYABLE_STATES,
     SyncLedger,
     op_dead_messages,
     op_jobs_in_states,
@@ -35,7 +35,7 @@ def list_jobs(campaign: str | None, limit: int) -> None:
     turned out transferred after their replay was sent (the call may have been transferred twice)."""
     ledger = SyncLedger(settings().ledger_url)
     try:
-        found = ledger.run(op_jobs_in_states, State.REPLAYABLE, campaign, limit)
+        found = ledger.run(op_jobs_in_states, REPLAYABLE_STATES, campaign, limit)
         doubled = ledger.run(op_replays_sent_twice, campaign, limit)
     finally:
         ledger.close()
@@ -120,7 +120,7 @@ def replay_command(job_ids: Sequence[str], campaign: str | None, reason: str) ->
     publisher = Publisher(create_app(config), config)
     try:
         if campaign:
-            candidates = ledger.run(op_jobs_in_states, State.REPLAYABLE, campaign, 1_000_000)
+            candidates = ledger.run(op_jobs_in_states, REPLAYABLE_STATES, campaign, 1_000_000)
             job_ids = [job.id for job in candidates if job.replayed_by is None]
         refused = 0
         for job_id in job_ids:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from worker.config import Settings
-from worker.ledger import State, SyncLedger, op_count_by_state
+from worker.ledger import SETTLED_STATES, State, SyncLedger, op_count_by_state
 from worker.ledger.outcomes import op_job_timings
 from worker.processes import child_env, free_port, new_access_key, spawn_emulator, spawn_worker, stop
 from worker.produce.producer import Producer
@@ -61,7 +61,7 @@ class DemoSummary:
 
     @property
     def ok(self) -> bool:
-        settled = sum(self.states.get(state, 0) for state in State.SETTLED)
+        settled = sum(self.states.get(state, 0) for state in SETTLED_STATES)
         return settled == self.jobs and not self.doubled and not self.wrong_effects
 
 
@@ -81,8 +81,8 @@ def _http_json(url: str, method: str = "GET", payload: object | None = None) -> 
 
 
 def _progress(counts: dict[str, int], total: int, started: float) -> None:
-    settled = sum(counts.get(state, 0) for state in State.SETTLED)
-    shown = "  ".join(f"{state} {counts[state]}" for state in State.ALL if counts.get(state))
+    settled = sum(counts.get(state, 0) for state in SETTLED_STATES)
+    shown = "  ".join(f"{state} {counts[state]}" for state in State if counts.get(state))
     line = f"\r{settled}/{total} settled  {shown}  ({time.monotonic() - started:.1f}s)"
     if sys.stderr.isatty():
         print(line.ljust(100), end="", file=sys.stderr, flush=True)
@@ -116,7 +116,7 @@ def _print_summary(summary: DemoSummary, seed: int) -> None:
 
     rows = [
         ("jobs", str(summary.jobs)),
-        *((state, str(summary.states[state])) for state in State.ALL if summary.states.get(state)),
+        *((state, str(summary.states[state])) for state in State if summary.states.get(state)),
         ("retried (more than one attempt)", str(summary.retried)),
         *((f"jobs whose call took effect {count}x", str(number)) for count, number in sorted(summary.effects.items())),
         ("calls transferred twice", str(len(summary.doubled))),
@@ -180,7 +180,7 @@ def run_demo(
         while True:
             counts = producer.ledger.run(op_count_by_state, "demo")
             _progress(counts, jobs, started)
-            if sum(counts.get(state, 0) for state in State.SETTLED) >= jobs or time.monotonic() > deadline:
+            if sum(counts.get(state, 0) for state in SETTLED_STATES) >= jobs or time.monotonic() > deadline:
                 break
             if worker.poll() is not None:
                 print(f"\nworker exited with {worker.returncode}; see {home / 'worker.log'}", file=sys.stderr)

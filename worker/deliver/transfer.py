@@ -26,6 +26,7 @@ from worker.acs.signing import http_date
 from worker.config import Settings
 from worker.deliver.ratelimit import Limiter, Turn, Unlimited
 from worker.ledger import (
+    HELD_STATES,
     LEDGER_ERRORS,
     Job,
     Ledger,
@@ -103,7 +104,7 @@ async def send_job(job_id: str, ctx: Context) -> Job | None:
 def _log_skip(job_id: str, job: Job | None, now: float) -> None:
     if job is None:
         log.warning("job.skipped", job_id=job_id, reason="no such job in the ledger")
-    elif job.state in State.HELD:
+    elif job.state in HELD_STATES:
         log.info(
             "job.skipped",
             job_id=job_id,
@@ -322,7 +323,7 @@ async def _transition(
     )
     if moved is None:
         current = await ctx.ledger.get(job.id)
-        if current is not None and current.state not in State.HELD:
+        if current is not None and current.state not in HELD_STATES:
             # An outcome event, or a stalled worker's answer, overtook this one: nothing left to do.
             log.info("job.settled_meanwhile", state=current.state, wanted=state)
             return current

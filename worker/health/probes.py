@@ -26,7 +26,7 @@ READY_TIMEOUT = 3.0
 
 async def refresh_ledger_gauges(ledger: Ledger) -> None:
     counts = await ledger.run(op_count_by_state, None)
-    for state in State.ALL:
+    for state in State:
         JOBS.labels(state).set(counts.get(state, 0))
     oldest = await ledger.run(op_oldest_queued)
     now = time.time()

@@ -39,6 +39,11 @@ from worker.ledger.outcomes import (
     op_unknown_older_than,
 )
 from worker.ledger.schema import (
+    AWAITING_OUTCOME_STATES,
+    FINAL_STATES,
+    HELD_STATES,
+    REPLAYABLE_STATES,
+    SETTLED_STATES,
     Event,
     EventOutcome,
     Job,
@@ -57,7 +62,12 @@ from worker.ledger.schema import (
 from worker.ledger.stores import LEDGER_ERRORS, Ledger, SyncLedger
 
 __all__ = [
+    "AWAITING_OUTCOME_STATES",
+    "FINAL_STATES",
+    "HELD_STATES",
     "LEDGER_ERRORS",
+    "REPLAYABLE_STATES",
+    "SETTLED_STATES",
     "Event",
     "EventOutcome",
     "Job",

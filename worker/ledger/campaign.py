@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from worker.ledger import Job, State, campaigns, job_events, jobs
+from worker.ledger import FINAL_STATES, Job, State, campaigns, job_events, jobs
 from worker.ledger.operations import dialect_insert
 
 #: the states a job can still leave on its own; a campaign with none of them is settled
@@ -95,7 +95,7 @@ class Progress:
 
     @property
     def final(self) -> int:
-        return sum(self.counts.get(state, 0) for state in State.FINAL)
+        return sum(self.counts.get(state, 0) for state in FINAL_STATES)
 
     @property
     def rate(self) -> float:

@@ -7,7 +7,7 @@ also appends a row to `job_events`, so a job's history is always complete.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -16,6 +16,8 @@ from sqlalchemy.engine import Connection
 
 from worker.errors import IdempotencyConflict
 from worker.ledger.schema import (
+    FINAL_STATES,
+    HELD_STATES,
     Event,
     Job,
     NewJob,
@@ -82,7 +84,7 @@ _UNANSWERED_ATTEMPT = sa.case(
 )
 _CLAIM_ORPHAN = (
     jobs.update()
-    .where(jobs.c.id == _bp("p_id"), jobs.c.state.in_(State.HELD), jobs.c.lease_until < _bp("p_now"))
+    .where(jobs.c.id == _bp("p_id"), jobs.c.state.in_(HELD_STATES), jobs.c.lease_until < _bp("p_now"))
     .values(
         state=State.SENDING,
         worker=_bp("p_worker"),
@@ -99,7 +101,7 @@ _START_ATTEMPT = (
         jobs.c.worker == _bp("p_worker"),
         jobs.c.state == _bp("p_from"),
         # Only a held job is sent: a settled one (an outcome event may settle it under its holder) never again.
-        jobs.c.state.in_(State.HELD),
+        jobs.c.state.in_(HELD_STATES),
     )
     .values(
         state=State.SENDING,
@@ -285,7 +287,7 @@ def op_claim(
     before: str | None = State.QUEUED
     if row is None:
         before = connection.execute(_SELECT_STATE, {"p_id": job_id}).scalar()
-        if before not in State.HELD:
+        if before not in HELD_STATES:
             return None
         row = connection.execute(_CLAIM_ORPHAN, params).first()
         if row is None:
@@ -355,7 +357,7 @@ def op_transition(
         "p_message": message,
         "p_accepted_at": now if to_state == State.ACCEPTED else None,
         "p_reason": detail or message,
-        "p_settled_at": now if to_state in State.FINAL else None,
+        "p_settled_at": now if to_state in FINAL_STATES else None,
         "p_effect_unknown": effect_unknown,
     }
     row = connection.execute(_TRANSITION if worker is None else _TRANSITION_HELD, params).first()
@@ -371,7 +373,7 @@ _SELECT_JOB_FOR_ANSWER = (
 )
 #: states a definite answer may still settle: held (by its worker, or by another after that one stalled past its
 #: lease), or given up on as unknown or dead. Never accepted or final.
-_ANSWERABLE = (*State.HELD, State.UNKNOWN, State.DEAD)
+_ANSWERABLE = HELD_STATES | {State.UNKNOWN, State.DEAD}
 
 
 def op_record_answer(
@@ -411,15 +413,15 @@ def op_record_answer(
         if job.state in (State.UNKNOWN, State.DEAD):
             _event(connection, job_id, now, job.state, job.state, job.attempts, status, why)
             return job, None
-    if job.state not in State.HELD or job.worker != worker:
-        holder = f" held by {job.worker}" if job.state in State.HELD else ""
+    if job.state not in HELD_STATES or job.worker != worker:
+        holder = f" held by {job.worker}" if job.state in HELD_STATES else ""
         why = f"{why}; the answer reached {worker} after the job was {job.state}{holder}"
     moved = op_transition(
         connection, job_id, None, job.state, state, now, status=status, error=error, message=message, detail=why
     )
     if moved is None:
         return job, None
-    if moved.settled_at is not None and state not in State.FINAL:
+    if moved.settled_at is not None and state not in FINAL_STATES:
         # A dead job accepted after all: it is waiting for its outcome again, not settled.
         row = connection.execute(
             jobs.update().where(jobs.c.id == job_id).values(settled_at=None).returning(*jobs.c)
@@ -447,7 +449,7 @@ def op_due_for_publish(
     """Jobs whose message may be lost, as (id, state, lane): held jobs whose lease ran out (published before
     `republish_before`) and queued jobs published before their lane's bound in `queued_before`. Jobs awaiting
     their dispatch (never published) are the dispatcher's. Their publish time is bumped so one sweep takes each."""
-    orphaned = sa.and_(jobs.c.state.in_(State.HELD), jobs.c.lease_until < now, jobs.c.published_at < republish_before)
+    orphaned = sa.and_(jobs.c.state.in_(HELD_STATES), jobs.c.lease_until < now, jobs.c.published_at < republish_before)
     waiting = [
         sa.and_(jobs.c.state == State.QUEUED, jobs.c.lane == lane, jobs.c.published_at < before)
         for lane, before in queued_before.items()
@@ -494,7 +496,7 @@ def op_take_lease(connection: Connection, name: str, holder: str, now: float, un
 
 
 #: jobs nothing will happen to any more without an operator (accepted: no outcome event came in time)
-PRUNABLE = (*State.FINAL, State.ACCEPTED)
+PRUNABLE = FINAL_STATES | {State.ACCEPTED}
 
 
 def op_prune(connection: Connection, before: float, limit: int) -> int:
@@ -517,7 +519,7 @@ def op_prune(connection: Connection, before: float, limit: int) -> int:
     return pruned
 
 
-def op_jobs_in_states(connection: Connection, states: Sequence[str], campaign: str | None, limit: int) -> list[Job]:
+def op_jobs_in_states(connection: Connection, states: Collection[str], campaign: str | None, limit: int) -> list[Job]:
     query = sa.select(jobs).where(jobs.c.state.in_(states))
     if campaign is not None:
         query = query.where(jobs.c.campaign == campaign)

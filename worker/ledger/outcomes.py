@@ -11,7 +11,16 @@ from sqlalchemy.engine import Connection
 from worker.errors import JobNotFound, ReplayRefused
 from worker.ledger.limits import JOB_ID
 from worker.ledger.operations import _event, _insert_ignoring_conflicts, op_create_jobs, op_get
-from worker.ledger.schema import EventOutcome, Job, NewJob, State, callback_events, jobs
+from worker.ledger.schema import (
+    AWAITING_OUTCOME_STATES,
+    REPLAYABLE_STATES,
+    EventOutcome,
+    Job,
+    NewJob,
+    State,
+    callback_events,
+    jobs,
+)
 from worker.text import can_store
 
 
@@ -31,7 +40,7 @@ def op_find_job_for_event(
     event, and settling it would stop it from ever being sent; between two candidates nothing tells which."""
     query = sa.select(jobs.c.id).where(
         jobs.c.call_connection_id == call_connection_id,
-        jobs.c.state.in_(State.AWAITING_OUTCOME),
+        jobs.c.state.in_(AWAITING_OUTCOME_STATES),
         jobs.c.attempts > 0,
     )
     where = f"call {call_connection_id!r}"
@@ -52,7 +61,7 @@ def op_apply_outcome(connection: Connection, job_id: str, outcome: EventOutcome,
     if connection.dialect.name == "postgresql":
         query = query.with_for_update()
     before = connection.execute(query).scalar()
-    if before not in State.AWAITING_OUTCOME:
+    if before not in AWAITING_OUTCOME_STATES:
         return None
     row = connection.execute(
         jobs.update()
@@ -97,7 +106,7 @@ def op_replay(connection: Connection, original_id: str, new_job: NewJob, reason:
     if row is None:
         raise JobNotFound(f"no job {original_id!r}")
     original = Job.from_row(row)
-    if original.state not in State.REPLAYABLE or original.replayed_by is not None:
+    if original.state not in REPLAYABLE_STATES or original.replayed_by is not None:
         _refuse_replay(original)
     ((created, _),) = op_create_jobs(connection, [new_job], now)
     detail = f"replayed as {created.id}: {reason}"
