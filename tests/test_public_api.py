@@ -8,9 +8,14 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from celery.utils.imports import symbol_by_name
 
 import worker
+from worker.deliver.messages import BadMessage
+from worker.errors import LedgerUrlError
+from worker.ledger import SyncLedger
+from worker.produce.campaign_files import FileError
 from worker.queue.broker import TASK_NAME
 
 
@@ -43,3 +48,9 @@ def test_importing_the_package_loads_no_broker_database_or_http_library() -> Non
     probe = f"import sys, worker; print(sorted(m for m in {heavy} if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60)
     assert loaded.stdout.strip() == "[]"
+
+
+def test_every_error_raised_on_purpose_is_a_transfer_error() -> None:
+    assert all(issubclass(error, worker.TransferError) for error in (BadMessage, FileError, LedgerUrlError))
+    with pytest.raises(LedgerUrlError, match="LEDGER_URL must be sqlite"):
+        SyncLedger("mysql://localhost/db")

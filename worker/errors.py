@@ -2,13 +2,16 @@
 
     TransferError                 base of everything below
     ├── ConfigError               a setting is missing or malformed (names the variable)
+    │   └── LedgerUrlError        LEDGER_URL names neither SQLite nor PostgreSQL (raised where a ledger is opened)
     ├── ValidationError           a transfer request breaks a rule (names each field and rule)
     ├── IdempotencyConflict       an idempotency key was reused for a different request
     ├── JobNotFound               no job has that id
     ├── LedgerSchemaError         the ledger database was made by an older release (names the missing columns)
     ├── ReplayRefused             a job that is not failed or dead (or was replayed already) cannot be replayed
     ├── CallbackRejected          an outcome event's request is unauthenticated or malformed
-    └── TokenUnavailable          no Microsoft Entra ID token for ACS (nothing was sent; retried later)
+    ├── TokenUnavailable          no Microsoft Entra ID token for ACS (nothing was sent; retried later)
+    ├── BadMessage                a queue message cannot become a job (`worker.deliver.messages`; a dead message)
+    └── FileError                 a campaign file cannot be read at all (`worker.produce.campaign_files`)
 
 What ACS answers is not an exception: `worker.acs.client.Answer` classifies every answer (and every failure to get
 one) so the transfer logic can decide between done, retry and give up without catching anything.
@@ -41,6 +44,14 @@ class ConfigError(TransferError):
     def __init__(self, message: str, issues: Sequence[Issue] = ()) -> None:
         self.issues = tuple(issues)
         super().__init__(message)
+
+
+class LedgerUrlError(ConfigError):
+    """LEDGER_URL names a database other than SQLite or PostgreSQL."""
+
+    def __init__(self, backend: str) -> None:
+        rule = f"must be sqlite:///PATH or postgresql://..., not {backend!r}"
+        super().__init__(f"LEDGER_URL {rule}", [Issue("LEDGER_URL", rule)])
 
 
 class ValidationError(TransferError, ValueError):

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from worker.deliver.transfer import Context, send_job
-from worker.errors import IdempotencyConflict, ValidationError
+from worker.errors import IdempotencyConflict, TransferError, ValidationError
 from worker.ledger import Job, Lane, State, op_create_jobs, op_record_dead_message
 from worker.ledger.limits import JOB_ID, MESSAGE_ID
 from worker.logs import get_logger
@@ -32,7 +32,7 @@ _MAX_REASON = 2000
 _MAX_PAYLOAD = 100_000
 
 
-class BadMessage(ValueError):
+class BadMessage(TransferError):
     """The message cannot become a job."""
 
 

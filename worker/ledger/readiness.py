@@ -12,9 +12,12 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
+from worker.errors import LedgerUrlError
+
 
 def check_jobs_table(ledger_url: str, timeout: float) -> None:
-    """Raise `RuntimeError` saying why unless the ledger at `ledger_url` answers and has its jobs table."""
+    """Raise `RuntimeError` saying why unless the ledger at `ledger_url` answers and has its jobs table
+    (`LedgerUrlError` for a URL of another database)."""
     url = sa.make_url(ledger_url)
     backend = url.get_backend_name()
     if backend == "sqlite":
@@ -22,7 +25,7 @@ def check_jobs_table(ledger_url: str, timeout: float) -> None:
     elif backend == "postgresql":
         found = _postgresql_has_jobs(url, timeout)
     else:
-        raise RuntimeError(f"LEDGER_URL must be sqlite:///PATH or postgresql://..., not {backend!r}")
+        raise LedgerUrlError(backend)
     if not found:
         raise RuntimeError("the ledger is reachable but has no jobs table yet (a worker creates it when it starts)")
 

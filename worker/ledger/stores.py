@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from worker.errors import JobNotFound, LedgerSchemaError
+from worker.errors import JobNotFound, LedgerSchemaError, LedgerUrlError
 from worker.ledger.operations import _in_one_transaction, op_create_jobs, op_events, op_get
 from worker.ledger.schema import Event, Job, NewJob, metadata
 
@@ -52,7 +52,7 @@ def _urls(url: str) -> tuple[str, str]:
             parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False),
             parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False),
         )
-    raise ValueError(f"LEDGER_URL must be sqlite:///PATH or postgresql://..., not {backend!r}")
+    raise LedgerUrlError(backend)
 
 
 def _tune_sqlite(engine: Engine) -> None:

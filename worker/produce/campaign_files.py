@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from worker.errors import Issue
+from worker.errors import Issue, TransferError
 from worker.request.names import key_problem
 from worker.text import has_lone_surrogates
 
@@ -47,7 +47,7 @@ SHOWN_BYTES = 200
 FORMATS = ("csv", "jsonl")
 
 
-class FileError(ValueError):
+class FileError(TransferError):
     """The file cannot be read as a campaign at all (nothing after `line` was enqueued)."""
 
     def __init__(self, line: int, message: str) -> None:
