@@ -13,7 +13,7 @@ checks it, see docs/architecture.md):
     queue/ | acs/           Celery app, broker config, publishing | HMAC signing, Entra ID tokens, the ACS client
     request/                identifiers, the transfer request, building a job from it
     ledger/                 every SQL statement: schema, operations, stores, campaigns
-    config · effective_config · errors · logs · redact · metrics · processes · text    (bottom: import no stage)
+    config · effective_config · errors · logs · redact · metrics · processes · text · version   (bottom)
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 from worker.errors import ConfigError, IdempotencyConflict, JobNotFound, TransferError, ValidationError
 from worker.request.models import TransferRequest, parse_transfer
+from worker.version import __version__ as __version__
 
 if TYPE_CHECKING:
     from celery import Celery
 
     from worker.produce.producer import Producer, enqueue_transfer
 
-__version__ = "0.1.0"
 __all__ = [
     "ConfigError",
     "IdempotencyConflict",

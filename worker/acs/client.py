@@ -37,9 +37,10 @@ from worker.config import AcsAuth, EntraIdEndpoint
 from worker.ledger.limits import LAST_ERROR
 from worker.logs import get_logger
 from worker.text import storable
+from worker.version import __version__
 
 log = get_logger(__name__)
-USER_AGENT = "acs-transfer/0.1"
+USER_AGENT = f"acs-transfer/{__version__}"
 _TRANSIENT_STATUSES = {408, 429}
 
 
