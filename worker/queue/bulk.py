@@ -1,13 +1,13 @@
 """Publishing many job messages at once, as a campaign submit does.
 
-`Publisher` sends each message through Celery's ``send_task`` and waits for the broker to confirm it before the
-next: right for one job, slow for a hundred thousand, since a RabbitMQ quorum queue writes a message to disk
-on a majority of nodes before it confirms it. `BatchPublisher` keeps one connection whose channel is in
-confirm mode, publishes a whole batch, then waits once for all of its confirms: the same guarantee (every
-message of a batch that returns is on the queue), one wait per batch. The messages are Celery's own: one is
-built by Celery, and each job's message is that one with the job's id, so there is no per-message Celery
-machinery either. No task-sent event is published for them (Flower sees each task from when a worker takes
-it). Other brokers go through `Publisher`.
+`Publisher` publishes over the app's pooled connection with ``confirm_publish`` on RabbitMQ, so each message
+waits for the broker's confirm before the next: right for one job, slow for a hundred thousand, since a RabbitMQ
+quorum queue writes a message to disk on a majority of nodes before it confirms it. `BatchPublisher` keeps one
+connection whose channel is in confirm mode, publishes a whole batch, then waits once for all of its confirms:
+the same guarantee (every message of a batch that returns is on the queue), one wait per batch. Both send
+Celery's own message, built once by `MessageTemplate` with each job's id put in, not through ``send_task``, so
+neither publishes a task-sent event (Flower sees each task from when a worker takes it). Other brokers go
+through `Publisher`.
 """
 
 from __future__ import annotations
