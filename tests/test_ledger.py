@@ -95,11 +95,22 @@ def test_batch_create_reports_which_rows_are_new(ledger_url: str) -> None:
     ledger.close()
 
 
-def test_missing_job_raises(ledger_url: str) -> None:
-    ledger = SyncLedger(ledger_url)
-    with pytest.raises(JobNotFound):
-        ledger.get(str(uuid.uuid4()))
-    ledger.close()
+async def test_both_stores_find_none_and_get_raises_for_a_missing_job(ledger_url: str) -> None:
+    missing = str(uuid.uuid4())
+    sync = SyncLedger(ledger_url)
+    ((job, _),) = sync.create_jobs([_job()])
+    ledger = await Ledger.open(ledger_url)
+    try:
+        assert sync.find(missing) is None
+        assert await ledger.find(missing) is None
+        with pytest.raises(JobNotFound):
+            sync.get(missing)
+        with pytest.raises(JobNotFound):
+            await ledger.get(missing)
+        assert sync.get(job.id) == sync.find(job.id) == await ledger.get(job.id) == await ledger.find(job.id)
+    finally:
+        await ledger.close()
+        sync.close()
 
 
 async def test_claim_is_exclusive_until_the_lease_expires(ledger_url: str) -> None:

@@ -103,7 +103,7 @@ async def handle_message(
         await record_dead_message(ctx, task_id, str(error), {"args": list(args), "kwargs": dict(kwargs)})
         return None
     sent = await send_job(job_id, ctx)
-    if sent is None and request is None and await ctx.ledger.get(job_id) is None:
+    if sent is None and request is None and await ctx.ledger.find(job_id) is None:
         # A message for a job this ledger never had (another deployment's queue, a lost ledger): explain it.
         await record_dead_message(ctx, task_id, f"no job {job_id!r} in the ledger", {"kwargs": dict(kwargs)})
     return sent

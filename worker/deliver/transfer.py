@@ -85,7 +85,7 @@ async def send_job(job_id: str, ctx: Context) -> Job | None:
     lease = now + settings.request_timeout + settings.claim_lease
     claimed = await ctx.ledger.run(op_claim, job_id, ctx.worker_id, now, lease, int(now) if may_start else None)
     if claimed is None:
-        current = await ctx.ledger.get(job_id)
+        current = await ctx.ledger.find(job_id)
         _log_skip(job_id, current, now)
         return current
     job, before = claimed
@@ -322,7 +322,7 @@ async def _transition(
         effect_unknown=f"attempt {job.attempts}: {answer.summary}" if answer and answer.effect_unknown else None,
     )
     if moved is None:
-        current = await ctx.ledger.get(job.id)
+        current = await ctx.ledger.find(job.id)
         if current is not None and current.state not in HELD_STATES:
             # An outcome event, or a stalled worker's answer, overtook this one: nothing left to do.
             log.info("job.settled_meanwhile", state=current.state, wanted=state)

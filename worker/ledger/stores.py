@@ -106,6 +106,13 @@ def database_error_detail(error: Exception) -> str | None:
     return str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
 
 
+def _found(job_id: str, job: Job | None) -> Job:
+    # Both stores: `find` answers None for a missing job, `get` raises.
+    if job is None:
+        raise JobNotFound(f"no job {job_id!r}")
+    return job
+
+
 class SyncLedger:
     """The ledger for synchronous callers: producers, the CLI, reports."""
 
@@ -144,11 +151,11 @@ class SyncLedger:
     def create_jobs(self, new_jobs: Sequence[NewJob]) -> list[tuple[Job, bool]]:
         return self.run(op_create_jobs, new_jobs, time.time())
 
+    def find(self, job_id: str) -> Job | None:
+        return self.run(op_get, job_id)
+
     def get(self, job_id: str) -> Job:
-        job = self.run(op_get, job_id)
-        if job is None:
-            raise JobNotFound(f"no job {job_id!r}")
-        return job
+        return _found(job_id, self.find(job_id))
 
     def events(self, job_id: str) -> list[Event]:
         return self.run(op_events, job_id)
@@ -255,8 +262,11 @@ class Ledger:
                 results = await connection.run_sync(_in_one_transaction, calls)
         return [(True, result) for result in results]
 
-    async def get(self, job_id: str) -> Job | None:
+    async def find(self, job_id: str) -> Job | None:
         return await self.run(op_get, job_id)
+
+    async def get(self, job_id: str) -> Job:
+        return _found(job_id, await self.find(job_id))
 
     async def close(self) -> None:
         await asyncio.gather(*self._tasks, return_exceptions=True)
