@@ -24,7 +24,8 @@ _BASE = "https://specs.invalid/specification/communication/data-plane/"
 _SWAGGER_URI = _BASE + "CallAutomation/stable/2024-09-15/communicationservicescallautomation.json"
 _COMMON_URI = _BASE + "Common/stable/2023-11-15/common.json"
 
-EXAMPLE = Path("/work/shared/acs-spec/example.CallConnection_TransferToParticipant.2024-09-15.json")
+# The official example that sits beside the swagger in azure-rest-api-specs, kept with the package's copy of it.
+EXAMPLE = SPEC_DIR / "example.CallConnection_TransferToParticipant.2024-09-15.json"
 CALL_ID = "18dea47f-b081-4107-9a5c-4300819d2c6c"
 PHONE = "+14255550123"
 ACS_USER = "8:acs:b9614373-fd0b-480c-8fd2-cb58b70eab9f_da7be3a9-8788-42a6-85c6-56b2cf784fce"
@@ -123,8 +124,6 @@ def test_schema_validator_is_not_vacuous(schema: Draft4Validator) -> None:
 
 
 def test_official_example_parses_to_the_same_body(schema: Draft4Validator) -> None:
-    if not EXAMPLE.is_file():
-        pytest.skip("official example not available")
     example = json.loads(EXAMPLE.read_text())
     parameters = example["parameters"]
     sent = parameters["transferToParticipantRequest"]
