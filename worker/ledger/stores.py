@@ -38,20 +38,14 @@ LEDGER_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
-def _urls(url: str) -> tuple[str, str]:
-    """(sync URL, async URL) for a LEDGER_URL such as ``sqlite:///x.db`` or ``postgresql://u@h/db``."""
+def _sync_url(url: str) -> sa.URL:
+    """The synchronous driver's URL for a LEDGER_URL such as ``sqlite:///x.db`` or ``postgresql://u@h/db``."""
     parsed = sa.make_url(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
-        return (
-            parsed.set(drivername="sqlite").render_as_string(hide_password=False),
-            parsed.set(drivername="sqlite+aiosqlite").render_as_string(hide_password=False),
-        )
+        return parsed.set(drivername="sqlite")
     if backend == "postgresql":
-        return (
-            parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False),
-            parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False),
-        )
+        return parsed.set(drivername="postgresql+psycopg")
     raise LedgerUrlError(backend)
 
 
@@ -117,8 +111,9 @@ class SyncLedger:
     """The ledger for synchronous callers: producers, the CLI, reports."""
 
     def __init__(self, url: str) -> None:
-        sync_url, _ = _urls(url)
-        self.dialect = sa.make_url(sync_url).get_backend_name()
+        parsed = _sync_url(url)
+        self.dialect = parsed.get_backend_name()
+        sync_url = parsed.render_as_string(hide_password=False)
         if self.dialect == "sqlite":
             _ensure_sqlite_folder(sync_url)
         self._engine = sa.create_engine(sync_url)
@@ -193,9 +188,10 @@ class Ledger:
 
     @classmethod
     async def open(cls, url: str, pool_size: int = FLUSHES + 2) -> Ledger:
-        _, async_url = _urls(url)
-        if sa.make_url(async_url).get_backend_name() == "sqlite":
+        sync_url = _sync_url(url)
+        if sync_url.get_backend_name() == "sqlite":
             return cls(sync=await asyncio.to_thread(SyncLedger, url))
+        async_url = sync_url.set(drivername="postgresql+asyncpg")
         # No pre-ping: it costs three round trips per transaction; a connection that died with the server fails
         # its batch, is discarded by the pool, and the task retries (worker.deliver.tasks).
         engine = create_async_engine(async_url, pool_size=pool_size, max_overflow=2)
