@@ -1,6 +1,6 @@
 """Benchmark: `acs-transfer submit` of a 100,000-row campaign against RabbitMQ and PostgreSQL on loopback.
 
-    python bench/campaign_submit.py [--rows 100000]
+    python -m bench.campaign_submit [--rows 100000]
 
 Runs `submit` as a child process (no workers running), as a user would, and prints rows/s and the child's
 peak memory (ru_maxrss), also for a file a tenth the size: flat memory means the two peaks are close. Beside

@@ -1,6 +1,6 @@
 """Chaos run: campaigns of transfers through the whole system while it is broken on purpose, then a strict audit.
 
-    python bench/chaos.py --jobs 5000 --broker rabbitmq --seed 7 [--workers 3] [--duration-limit 1800]
+    python -m bench.chaos --jobs 5000 --broker rabbitmq --seed 7 [--workers 3] [--duration-limit 1800]
 
 Everything runs on loopback, in processes of its own: a private broker (a second RabbitMQ node or a Redis
 server), a private PostgreSQL cluster for the ledger, the ACS emulator, `acs-transfer serve` receiving the
@@ -60,26 +60,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT / "tests") not in sys.path:
-    sys.path.insert(0, str(ROOT / "tests"))  # the private service instances live with the tests
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import sqlalchemy as sa
+import structlog
 
-import sqlalchemy as sa  # noqa: E402
-import structlog  # noqa: E402
-from services import PrivatePostgres, PrivateRabbitMQ, PrivateRedis  # noqa: E402
-
-from bench.support import group_pids  # noqa: E402
-from worker.config import Settings  # noqa: E402
-from worker.emulator.config import DEFAULT_RESOURCE_ID  # noqa: E402
-from worker.errors import JobNotFound, ReplayRefused  # noqa: E402
-from worker.ledger import SETTLED_STATES, State, SyncLedger, job_events, jobs  # noqa: E402
-from worker.ledger.campaign import op_save_campaign  # noqa: E402
-from worker.logs import configure  # noqa: E402
-from worker.processes import child_env, free_port, kill, spawn_emulator, spawn_worker, stop, wait_for_http  # noqa: E402
-from worker.produce.producer import Producer  # noqa: E402
-from worker.produce.replay import replay  # noqa: E402
+from bench.support import ROOT, group_pids, percentile
+from tests.services import PrivatePostgres, PrivateRabbitMQ, PrivateRedis  # the private instances live with the tests
+from worker.config import Settings
+from worker.emulator.config import DEFAULT_RESOURCE_ID
+from worker.errors import JobNotFound, ReplayRefused
+from worker.ledger import SETTLED_STATES, State, SyncLedger, job_events, jobs
+from worker.ledger.campaign import op_save_campaign
+from worker.logs import configure
+from worker.processes import child_env, free_port, kill, spawn_emulator, spawn_worker, stop, wait_for_http
+from worker.produce.producer import Producer
+from worker.produce.replay import replay
 
 CAMPAIGN = "chaos"
 PACED_CAMPAIGN = "chaos-paced"
@@ -512,13 +506,6 @@ def _http_json(url: str, method: str = "GET", payload: object | None = None, tim
     request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read() or b"null")
-
-
-def _percentile(values: list[float], share: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
 
 
 def _peak_rss_mb() -> float:
@@ -1142,10 +1129,10 @@ def _audit(monitor: SyncLedger, emulator_url: str, config: ChaosConfig, result: 
             verdict.doubled.append(Finding("-", call, "took effect but no job names the call"))
     for name in Verdict.__dataclass_fields__:
         getattr(result, name).extend(getattr(verdict, name))
-    result.p50_accepted_ms = _percentile(accepted_ms, 0.5)
-    result.p95_accepted_ms = _percentile(accepted_ms, 0.95)
-    result.p50_final_ms = _percentile(final_ms, 0.5)
-    result.p95_final_ms = _percentile(final_ms, 0.95)
+    result.p50_accepted_ms = percentile(accepted_ms, 0.5)
+    result.p95_accepted_ms = percentile(accepted_ms, 0.95)
+    result.p50_final_ms = percentile(final_ms, 0.5)
+    result.p95_final_ms = percentile(final_ms, 0.95)
 
 
 def _verdict_needs_deliveries(job: JobFacts, truth: CallTruth) -> bool:

@@ -1,6 +1,6 @@
 """Lanes under load: does a live transfer still go at once while a campaign runs? Not a timed test.
 
-    python bench/lanes.py [--broker-url amqp://...] [--rows 5000] [--paced-seconds 60] [--rate 20]
+    python -m bench.lanes [--broker-url amqp://...] [--rows 5000] [--paced-seconds 60] [--rate 20]
                           [--workers 1 2] [--latency-ms 20] [--json out.json]
 
 For each worker count (1 and 2 processes, default settings otherwise) and each layout (two lanes, and the
@@ -34,7 +34,6 @@ from typing import Any
 import kombu
 import psycopg
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.support import Emulator, first_accepted, first_arrivals, percentile, wait_until
 from worker.config import Settings
 from worker.ledger import Lane

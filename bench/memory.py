@@ -1,6 +1,6 @@
 """Memory and ledger size over a long run: does a worker's RSS stay flat, and does retention bound the ledger?
 
-    python bench/memory.py [--jobs 20000] [--warmup 2000] [--retention-seconds 5] [--latency-ms 5]
+    python -m bench.memory [--jobs 20000] [--warmup 2000] [--retention-seconds 5] [--latency-ms 5]
 
 One worker process (`celery -A worker worker`, its defaults) on RabbitMQ with its ledger on a fresh PostgreSQL
 database and the emulator as a child process; jobs are enqueued by 8 threads with `Producer.enqueue`. The
@@ -22,9 +22,6 @@ import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-if __package__ in {None, ""}:
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import kombu
 import psycopg

@@ -1,6 +1,6 @@
 """Throughput and latency of this project's worker beside what a user would run instead, in the same run.
 
-    python bench/throughput.py [--jobs N] [--latency-ms 0,50] [--modes noop,naive,sdk,raw,ours]
+    python -m bench.throughput [--jobs N] [--latency-ms 0,50] [--modes noop,naive,sdk,raw,ours]
                                [--processes P] [--json out.json]
 
 Starts the ACS emulator (`acs-transfer emulator`, a child process) and, per latency and mode, a fresh queue on
@@ -47,9 +47,6 @@ from importlib import metadata
 from pathlib import Path
 from types import FrameType
 from typing import Any
-
-if __package__ in {None, ""}:  # run as `python bench/throughput.py`: make `bench` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import kombu
 import psycopg
@@ -814,7 +811,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         return chosen
 
     parser = argparse.ArgumentParser(
-        prog="bench/throughput.py",
+        prog="python -m bench.throughput",
         description="Jobs/s, time to 202 and worker RSS of ours beside noop, naive, sdk and raw, in one run.",
     )
     parser.add_argument("--jobs", type=int, default=2000, help="jobs per mode, at least (default 2000)")
@@ -897,7 +894,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.json is not None:
             found = ratios(run.results)
             document = {
-                "command": " ".join(["bench/throughput.py", *(argv if argv is not None else sys.argv[1:])]),
+                "command": " ".join(["python -m bench.throughput", *(argv if argv is not None else sys.argv[1:])]),
                 "machine": about,
                 "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "pools"}
                 | {"pools": {name: str(pool) for name, pool in args.pools.items()}},

@@ -17,7 +17,8 @@ import psycopg
 import pytest
 import redis
 import structlog
-from stack import emulator, make_stack  # noqa: F401 - registers the fixtures for every test module
+
+from tests.stack import emulator, make_stack  # noqa: F401 - registers the fixtures for every test module
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")

@@ -23,9 +23,9 @@ import aiohttp
 import pytest
 import structlog
 from click.testing import CliRunner
-from services import PrivatePostgres
-from stack import KEY
 
+from tests.services import PrivatePostgres
+from tests.stack import KEY
 from worker.acs.client import AcsClient, Answer, Outcome, classify
 from worker.cli import main
 from worker.config import Settings

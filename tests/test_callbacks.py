@@ -13,8 +13,8 @@ import jwt
 import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric import rsa
-from stack import Stack
 
+from tests.stack import Stack
 from worker.cli import main
 from worker.emulator.callbacks import ACCEPTED_EVENT, FAILED_EVENT, transfer_event
 from worker.ledger import State, op_events

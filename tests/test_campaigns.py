@@ -17,8 +17,8 @@ from typing import Any
 import kombu
 import pytest
 from click.testing import CliRunner, Result
-from stack import Stack
 
+from tests.stack import Stack
 from worker.cli import main
 from worker.config import Settings
 from worker.ledger import Lane, State, SyncLedger, op_count_by_state

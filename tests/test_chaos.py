@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import re
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from services import PrivateRedis
-from stack import Stack
 
+from bench.chaos import ACCEPTED_EVENT, CallTruth, ChaosConfig, JobFacts, Verdict, judge_call, run_chaos
+from tests.services import PrivateRedis
+from tests.stack import Stack
 from worker.acs.client import Answer, Outcome, Reach
 from worker.config import Settings
 from worker.deliver.transfer import Context, send_job
@@ -33,9 +33,6 @@ from worker.ledger import (
 )
 from worker.request.job import prepare_job
 from worker.request.models import parse_transfer
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.chaos import ACCEPTED_EVENT, CallTruth, ChaosConfig, JobFacts, Verdict, judge_call, run_chaos
 
 
 @pytest.mark.parametrize("broker", ["rabbitmq", "redis"])

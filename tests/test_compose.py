@@ -10,7 +10,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from container import (
+
+from tests.container import (
     ROOT,
     SECRET_NAME,
     compose,
@@ -20,7 +21,6 @@ from container import (
     service_env,
     spawn_command,
 )
-
 from worker.config import ENVIRONMENT
 from worker.emulator.config import DEFAULT_RESOURCE_ID
 from worker.processes import free_port, stop

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import kombu
 import pytest
-from container import ROOT, SECRET_NAME, Stage, dockerfile, env_pairs, run_command, spawn_command
 
+from tests.container import ROOT, SECRET_NAME, Stage, dockerfile, env_pairs, run_command, spawn_command
 from worker.cli import main as cli_main
 from worker.ledger import SyncLedger
 from worker.processes import free_port, stop

@@ -26,8 +26,8 @@ from azure.communication.callautomation import CallAutomationClient, PhoneNumber
 from azure.identity import ClientSecretCredential as SyncClientSecretCredential
 from azure.identity.aio import ClientSecretCredential, WorkloadIdentityCredential
 from click.testing import CliRunner
-from test_emulator import _self_signed_certificate
 
+from tests.test_emulator import _self_signed_certificate
 from worker.acs.client import AcsClient, Outcome
 from worker.acs.entra import SCOPE, AccessTokens, TokenUnavailable
 from worker.cli import main

@@ -22,8 +22,8 @@ import kombu
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from stack import Stack, celery_message
 
+from tests.stack import Stack, celery_message
 from worker.acs.client import Answer, Outcome, Reach
 from worker.config import Settings
 from worker.deliver import consumer

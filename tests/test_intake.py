@@ -8,8 +8,8 @@ from typing import Any
 import aiohttp
 import pytest
 from openapi_spec_validator import validate
-from stack import Stack
 
+from tests.stack import Stack
 from worker.errors import IdempotencyConflict
 from worker.ledger import State, op_count_by_state
 

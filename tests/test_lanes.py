@@ -22,8 +22,8 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 from sqlalchemy.engine import Connection
-from stack import Stack
 
+from tests.stack import Stack
 from worker.cli import main
 from worker.config import Settings
 from worker.deliver.sweeper import sweep_once

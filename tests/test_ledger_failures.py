@@ -13,10 +13,10 @@ import asyncpg
 import psycopg
 import pytest
 import sqlalchemy as sa
-from services import PrivatePostgres
 from sqlalchemy.engine import Connection
-from stack import Stack, celery_message, publish_raw
 
+from tests.services import PrivatePostgres
+from tests.stack import Stack, celery_message, publish_raw
 from worker.ledger import LEDGER_ERRORS, Ledger, State, SyncLedger, op_get
 
 

@@ -13,8 +13,8 @@ from typing import Any
 import kombu
 import pytest
 import yaml
-from container import ROOT, compose, dockerfile, run_command
 
+from tests.container import ROOT, compose, dockerfile, run_command
 from worker.config import ENVIRONMENT, Settings
 from worker.ledger import SyncLedger, op_count_by_state
 from worker.ledger.dispatch import op_paced_backlog

@@ -20,8 +20,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from stack import KEY, Stack
 
+from tests.stack import KEY, Stack
 from worker.acs.client import AcsClient
 from worker.config import Settings
 from worker.deliver.ratelimit import Limit, LocalBuckets, Pacer

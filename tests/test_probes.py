@@ -11,9 +11,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
-from services import PrivatePostgres, PrivateRedis
-from stack import Stack
 
+from tests.services import PrivatePostgres, PrivateRedis
+from tests.stack import Stack
 from worker.config import Settings
 from worker.ledger import State
 from worker.processes import free_port

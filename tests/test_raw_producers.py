@@ -16,8 +16,8 @@ from urllib.parse import unquote, urlsplit
 
 import pika
 import redis
-from stack import Stack
 
+from tests.stack import Stack
 from worker.ledger import Job, State, op_get
 from worker.request.models import job_id_for_key
 

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from click.testing import CliRunner
-from stack import Stack
 
+from tests.stack import Stack
 from worker.cli import main
 from worker.ledger import State
 from worker.produce.reports import COLUMNS

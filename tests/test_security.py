@@ -29,8 +29,8 @@ from typing import Any
 
 import aiohttp
 import kombu
-from stack import Stack
 
+from tests.stack import Stack
 from worker.config import Settings
 from worker.emulator.config import DEFAULT_RESOURCE_ID
 from worker.ledger import FINAL_STATES, State, op_dead_messages

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from stack import Stack
 
+from tests.stack import Stack
 from worker.ledger import State
 from worker.processes import stop
 

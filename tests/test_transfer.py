@@ -13,8 +13,8 @@ from typing import Any
 import aiohttp
 import pytest
 import structlog
-from stack import KEY
 
+from tests.stack import KEY
 from worker.acs.client import AcsClient
 from worker.acs.signing import http_date
 from worker.config import Settings

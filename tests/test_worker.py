@@ -13,8 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from stack import Stack, celery_message, publish_raw
 
+from tests.stack import Stack, celery_message, publish_raw
 from worker.errors import ValidationError
 from worker.ledger import State, op_count_by_state, op_dead_messages, op_get
 from worker.processes import kill
