@@ -47,13 +47,17 @@ class AcsCredentials:
 
     @classmethod
     def from_connection_string(cls, text: str) -> AcsCredentials:
-        parsed = _parse_connection_string(text)
-        if isinstance(parsed, str):
-            raise ConfigError(f"ACS_CONNECTION_STRING {parsed}", [Issue("ACS_CONNECTION_STRING", parsed)])
-        return parsed
+        return _valid("ACS_CONNECTION_STRING", _parse_connection_string(text))
 
     def connection_string(self) -> str:
         return f"endpoint={self.endpoint}/;accesskey={base64.b64encode(self.access_key).decode()}"
+
+
+def _valid(variable: str, parsed: T | str) -> T:
+    """What a ``_parse_*`` function found, or `ConfigError` naming `variable` and the rule its value breaks."""
+    if isinstance(parsed, str):
+        raise ConfigError(f"{variable} {parsed}", [Issue(variable, parsed)])
+    return parsed
 
 
 def _parse_connection_string(text: str) -> AcsCredentials | str:
@@ -100,21 +104,24 @@ class EntraIdEndpoint:
 
     @classmethod
     def parse(cls, text: str) -> EntraIdEndpoint:
-        """An ``https://<resource>.communication.azure.com`` URL; plain http only to a loopback host (tokens are
-        bearer secrets)."""
-        shown = f"ACS_ENDPOINT={mask_url(text)!r}"
-        try:
-            url = urlsplit(text.strip())
-            _ = url.port  # raises on a malformed port
-        except ValueError:
-            raise ConfigError(f"{shown} is not a URL") from None
-        if url.scheme not in {"http", "https"} or not url.hostname or url.username or url.password:
-            raise ConfigError(f"{shown} must be https://<resource>.communication.azure.com")
-        if url.scheme == "http" and url.hostname not in _LOOPBACK_HOSTS:
-            raise ConfigError(f"{shown} must use https (plain http only to a loopback host)")
-        if url.path.strip("/") or url.query or url.fragment:
-            raise ConfigError(f"{shown} must be the resource's base URL, without a path or query")
-        return cls(urlunsplit((url.scheme, url.netloc, "", "", "")))
+        return _valid("ACS_ENDPOINT", _parse_endpoint(text))
+
+
+def _parse_endpoint(text: str) -> EntraIdEndpoint | str:
+    """An ``https://<resource>.communication.azure.com`` URL, or the rule it breaks (never echoing a password);
+    plain http only to a loopback host (tokens are bearer secrets)."""
+    try:
+        url = urlsplit(text.strip())
+        _ = url.port  # raises on a malformed port
+    except ValueError:
+        return "is not a URL"
+    if url.scheme not in {"http", "https"} or not url.hostname or url.username or url.password:
+        return "must be https://<resource>.communication.azure.com"
+    if url.scheme == "http" and url.hostname not in _LOOPBACK_HOSTS:
+        return "must use https (plain http only to a loopback host)"
+    if url.path.strip("/") or url.query or url.fragment:
+        return "must be the resource's base URL, without a path or query"
+    return EntraIdEndpoint(urlunsplit((url.scheme, url.netloc, "", "", "")))
 
 
 #: how requests to ACS are authenticated
@@ -126,53 +133,110 @@ def _masked_url(url: str) -> str:
     return mask_url(url)
 
 
+def _positive(kind: Callable[[str], T]) -> Callable[[str], T]:
+    def parse(raw: str) -> T:
+        value = kind(raw)
+        if value <= 0:  # type: ignore[operator]
+            raise ValueError(raw)
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
+def _text(raw: str) -> str:
+    return raw
+
+
+def _flag(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(raw)
+
+
+def _list(raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _non_negative(raw: str) -> float:
+    value = float(raw)
+    if value < 0:
+        raise ValueError(raw)
+    return value
+
+
+def _port(raw: str) -> int:
+    value = int(raw)
+    if not 0 <= value <= 65535:
+        raise ValueError(raw)
+    return value
+
+
+_text.__name__ = "string"
+_flag.__name__ = "boolean (true/false)"
+_list.__name__ = "comma-separated list"
+_non_negative.__name__ = "non-negative number"
+_port.__name__ = "port number"
+
+
+def _setting(variable: str, parse: Callable[[str], T], default: T, *, secret: bool = False) -> T:
+    """A `Settings` field with the environment variable that sets it and the parser of its text; a secret is
+    masked in every repr and in `acs-transfer config`."""
+    return field(default=default, metadata={"variable": variable, "parse": parse, "secret": secret})
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Everything configurable, with its environment variable in `ENVIRONMENT`."""
+    """Everything configurable: each field names its environment variable and parser (see `ENVIRONMENT`)."""
 
-    home: Path = Path(".acs-transfer")
-    acs_connection_string: str | None = field(default=None, repr=False)
-    acs_endpoint: str | None = None
-    api_version: str = DEFAULT_API_VERSION
-    broker_url: str = ""
-    ledger_url: str = ""
-    queue: str = DEFAULT_QUEUE
-    bulk_queue: str = ""
-    connect_timeout: float = 5.0
-    request_timeout: float = 10.0
-    max_connections: int = 100
-    repeatability_window: float = 300.0
-    window_safety_margin: float = 30.0
-    backoff_base: float = 0.5
-    backoff_cap: float = 30.0
-    claim_lease: float = 30.0
-    sweep_interval: float = 5.0
-    republish_after: float = 30.0
-    republish_queued_after: float = 300.0
-    worker_concurrency: int = 64
-    log_level: str = "INFO"
-    log_format: str = "auto"
+    home: Path = _setting("ACS_TRANSFER_HOME", Path, Path(".acs-transfer"))
+    acs_connection_string: str | None = _setting("ACS_CONNECTION_STRING", _text, None, secret=True)
+    acs_endpoint: str | None = _setting("ACS_ENDPOINT", _text, None)
+    api_version: str = _setting("ACS_API_VERSION", _text, DEFAULT_API_VERSION)
+    broker_url: str = _setting("CELERY_BROKER_URL", _text, "")
+    ledger_url: str = _setting("LEDGER_URL", _text, "")
+    queue: str = _setting("TRANSFER_QUEUE", _text, DEFAULT_QUEUE)
+    bulk_queue: str = _setting("BULK_QUEUE", _text, "")
+    connect_timeout: float = _setting("ACS_CONNECT_TIMEOUT", _positive(float), 5.0)
+    request_timeout: float = _setting("ACS_REQUEST_TIMEOUT", _positive(float), 10.0)
+    max_connections: int = _setting("ACS_MAX_CONNECTIONS", _positive(int), 100)
+    repeatability_window: float = _setting("REPEATABILITY_WINDOW", _positive(float), 300.0)
+    window_safety_margin: float = _setting("REPEATABILITY_SAFETY_MARGIN", _non_negative, 30.0)
+    backoff_base: float = _setting("RETRY_BACKOFF_BASE", _positive(float), 0.5)
+    backoff_cap: float = _setting("RETRY_BACKOFF_CAP", _positive(float), 30.0)
+    claim_lease: float = _setting("CLAIM_LEASE", _positive(float), 30.0)
+    sweep_interval: float = _setting("SWEEP_INTERVAL", _positive(float), 5.0)
+    republish_after: float = _setting("REPUBLISH_AFTER", _positive(float), 30.0)
+    republish_queued_after: float = _setting("REPUBLISH_QUEUED_AFTER", _positive(float), 300.0)
+    worker_concurrency: int = _setting("WORKER_CONCURRENCY", _positive(int), 64)
+    log_level: str = _setting("LOG_LEVEL", str.upper, "INFO")
+    log_format: str = _setting("LOG_FORMAT", str.lower, "auto")
     # Outcome events (callbacks) and reconciliation
-    callback_base_url: str | None = None
-    acs_resource_id: str | None = None
-    callback_issuer: str = "https://acscallautomation.communication.azure.com"
-    callback_jwks_url: str = "https://acscallautomation.communication.azure.com/calling/keys"
-    callback_verify: bool = True
-    reconcile_after: float = 1800.0
+    callback_base_url: str | None = _setting("CALLBACK_BASE_URL", _text, None)
+    acs_resource_id: str | None = _setting("ACS_RESOURCE_ID", _text, None)
+    callback_issuer: str = _setting("CALLBACK_ISSUER", _text, "https://acscallautomation.communication.azure.com")
+    callback_jwks_url: str = _setting(
+        "CALLBACK_JWKS_URL", _text, "https://acscallautomation.communication.azure.com/calling/keys"
+    )
+    callback_verify: bool = _setting("CALLBACK_VERIFY", _flag, True)
+    reconcile_after: float = _setting("RECONCILE_AFTER", _positive(float), 1800.0)
     # The HTTP server (intake and callbacks)
-    serve_host: str = "127.0.0.1"
-    serve_port: int = 8080
-    intake_tokens: tuple[str, ...] = field(default=(), repr=False)
-    intake_max_batch: int = 1000
-    intake_max_body: int = 4 * 1024 * 1024
+    serve_host: str = _setting("SERVE_HOST", _text, "127.0.0.1")
+    serve_port: int = _setting("SERVE_PORT", _port, 8080)
+    intake_tokens: tuple[str, ...] = _setting("INTAKE_TOKENS", _list, (), secret=True)
+    intake_max_batch: int = _setting("INTAKE_MAX_BATCH", _positive(int), 1000)
+    intake_max_body: int = _setting("INTAKE_MAX_BODY_BYTES", _positive(int), 4 * 1024 * 1024)
     # Pacing: a global limit of transfers per second, shared through Redis when RATE_LIMIT_REDIS_URL is set
-    rate_limit: float = 0.0
-    rate_limit_burst: float = 0.0
-    rate_limit_redis_url: str | None = None
+    rate_limit: float = _setting("RATE_LIMIT", _non_negative, 0.0)
+    rate_limit_burst: float = _setting("RATE_LIMIT_BURST", _non_negative, 0.0)
+    rate_limit_redis_url: str | None = _setting("RATE_LIMIT_REDIS_URL", _text, None)
     # Operations
-    worker_metrics_port: int = 0
-    task_events: bool = False
-    job_retention_days: float = 0.0
+    worker_metrics_port: int = _setting("WORKER_METRICS_PORT", _port, 0)
+    task_events: bool = _setting("TASK_EVENTS", _flag, False)
+    job_retention_days: float = _setting("JOB_RETENTION_DAYS", _non_negative, 0.0)
 
     def __post_init__(self) -> None:
         if not self.broker_url:
@@ -183,8 +247,8 @@ class Settings:
             object.__setattr__(self, "ledger_url", f"sqlite:///{(self.home / 'ledger.db').as_posix()}")
         elif self.ledger_url.startswith("postgres://"):  # the spelling Heroku and others hand out
             object.__setattr__(self, "ledger_url", "postgresql://" + self.ledger_url.removeprefix("postgres://"))
-        if self.acs_endpoint and _endpoint_rule(self) is None:
-            object.__setattr__(self, "acs_endpoint", EntraIdEndpoint.parse(self.acs_endpoint).endpoint)
+        if self.acs_endpoint and isinstance(endpoint := _parse_endpoint(self.acs_endpoint), EntraIdEndpoint):
+            object.__setattr__(self, "acs_endpoint", endpoint.endpoint)
 
     def problems(self) -> list[Issue]:
         """Every rule of `RULES` these settings break, each naming its variable."""
@@ -328,11 +392,8 @@ def _endpoint_rule(settings: Settings) -> str | None:
         return None
     if settings.acs_connection_string:
         return _BOTH_ACS_AUTH
-    try:
-        EntraIdEndpoint.parse(settings.acs_endpoint)
-    except ConfigError as error:
-        return str(error).removeprefix(f"ACS_ENDPOINT={mask_url(settings.acs_endpoint)!r} ")
-    return None
+    parsed = _parse_endpoint(settings.acs_endpoint)
+    return parsed if isinstance(parsed, str) else None
 
 
 def _one_of(value: str, allowed: tuple[str, ...]) -> str | None:
@@ -407,99 +468,12 @@ _NO_ACS_AUTH = (
 )
 
 
-def _positive(kind: Callable[[str], T]) -> Callable[[str], T]:
-    def parse(raw: str) -> T:
-        value = kind(raw)
-        if value <= 0:  # type: ignore[operator]
-            raise ValueError(raw)
-        return value
-
-    parse.__name__ = f"positive {kind.__name__}"
-    return parse
-
-
-def _text(raw: str) -> str:
-    return raw
-
-
-def _flag(raw: str) -> bool:
-    lowered = raw.strip().lower()
-    if lowered in {"1", "true", "yes", "on"}:
-        return True
-    if lowered in {"0", "false", "no", "off"}:
-        return False
-    raise ValueError(raw)
-
-
-def _list(raw: str) -> tuple[str, ...]:
-    return tuple(item.strip() for item in raw.split(",") if item.strip())
-
-
-def _non_negative(raw: str) -> float:
-    value = float(raw)
-    if value < 0:
-        raise ValueError(raw)
-    return value
-
-
-def _port(raw: str) -> int:
-    value = int(raw)
-    if not 0 <= value <= 65535:
-        raise ValueError(raw)
-    return value
-
-
-_text.__name__ = "string"
-_flag.__name__ = "boolean (true/false)"
-_list.__name__ = "comma-separated list"
-_non_negative.__name__ = "non-negative number"
-_port.__name__ = "port number"
-
-#: fields whose values are secrets: masked in every repr and in `acs-transfer config`
-SECRET_FIELDS = frozenset({"acs_connection_string", "intake_tokens"})
-
-#: field name -> (environment variable, parser)
+#: field name -> (environment variable, parser), as each field declares them
 ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
-    "home": ("ACS_TRANSFER_HOME", Path),
-    "acs_connection_string": ("ACS_CONNECTION_STRING", _text),
-    "acs_endpoint": ("ACS_ENDPOINT", _text),
-    "api_version": ("ACS_API_VERSION", _text),
-    "broker_url": ("CELERY_BROKER_URL", _text),
-    "ledger_url": ("LEDGER_URL", _text),
-    "queue": ("TRANSFER_QUEUE", _text),
-    "bulk_queue": ("BULK_QUEUE", _text),
-    "connect_timeout": ("ACS_CONNECT_TIMEOUT", _positive(float)),
-    "request_timeout": ("ACS_REQUEST_TIMEOUT", _positive(float)),
-    "max_connections": ("ACS_MAX_CONNECTIONS", _positive(int)),
-    "repeatability_window": ("REPEATABILITY_WINDOW", _positive(float)),
-    "window_safety_margin": ("REPEATABILITY_SAFETY_MARGIN", _non_negative),
-    "backoff_base": ("RETRY_BACKOFF_BASE", _positive(float)),
-    "backoff_cap": ("RETRY_BACKOFF_CAP", _positive(float)),
-    "claim_lease": ("CLAIM_LEASE", _positive(float)),
-    "sweep_interval": ("SWEEP_INTERVAL", _positive(float)),
-    "republish_after": ("REPUBLISH_AFTER", _positive(float)),
-    "republish_queued_after": ("REPUBLISH_QUEUED_AFTER", _positive(float)),
-    "worker_concurrency": ("WORKER_CONCURRENCY", _positive(int)),
-    "log_level": ("LOG_LEVEL", str.upper),
-    "log_format": ("LOG_FORMAT", str.lower),
-    "callback_base_url": ("CALLBACK_BASE_URL", _text),
-    "acs_resource_id": ("ACS_RESOURCE_ID", _text),
-    "callback_issuer": ("CALLBACK_ISSUER", _text),
-    "callback_jwks_url": ("CALLBACK_JWKS_URL", _text),
-    "callback_verify": ("CALLBACK_VERIFY", _flag),
-    "reconcile_after": ("RECONCILE_AFTER", _positive(float)),
-    "serve_host": ("SERVE_HOST", _text),
-    "serve_port": ("SERVE_PORT", _port),
-    "intake_tokens": ("INTAKE_TOKENS", _list),
-    "intake_max_batch": ("INTAKE_MAX_BATCH", _positive(int)),
-    "intake_max_body": ("INTAKE_MAX_BODY_BYTES", _positive(int)),
-    "rate_limit": ("RATE_LIMIT", _non_negative),
-    "rate_limit_burst": ("RATE_LIMIT_BURST", _non_negative),
-    "rate_limit_redis_url": ("RATE_LIMIT_REDIS_URL", _text),
-    "worker_metrics_port": ("WORKER_METRICS_PORT", _port),
-    "task_events": ("TASK_EVENTS", _flag),
-    "job_retention_days": ("JOB_RETENTION_DAYS", _non_negative),
+    item.name: (item.metadata["variable"], item.metadata["parse"]) for item in fields(Settings)
 }
+#: fields whose values are secrets: masked in every repr and in `acs-transfer config`
+SECRET_FIELDS = frozenset(item.name for item in fields(Settings) if item.metadata["secret"])
 
 
 def fields_set_in_environment(environ: Mapping[str, str] | None = None) -> frozenset[str]:
