@@ -87,6 +87,7 @@ class Deployment:
             bulk_queue=self.name if lanes == 1 else "",
         )
         self.producer = Producer(self.settings)
+        self.keep = False
         self.processes = []
         env = child_env({**self.settings.to_env(), "LOG_FORMAT": "json"})
         logs = [self.folder / f"worker-{index}.log" for index in range(workers)]
@@ -125,6 +126,8 @@ class Deployment:
             with contextlib.suppress(Exception), kombu.Connection(self.settings.broker_url) as connection:
                 for queue in lane_queues(self.settings):
                     queue(connection.default_channel).delete()
+        if self.keep:
+            return
         with contextlib.suppress(Exception), psycopg.connect(self._admin, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
 
@@ -230,6 +233,9 @@ def measure(args: argparse.Namespace, emulator: Emulator, connection_string: str
             except TimeoutError as error:
                 result.notes.append(str(error))
                 log(f"  {error}")
+                if args.keep:
+                    deployment.keep = True
+                    log(f"  kept: database {deployment.database}, logs in {deployment.folder}")
             finally:
                 deployment.close()
             results.append(result)
@@ -279,6 +285,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--live-every", type=float, default=1.0, help="seconds between two live transfers")
     parser.add_argument("--timeout", type=float, default=600.0, help="longest wait for one campaign")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--keep", action="store_true", help="keep the ledgers and the logs of a failed run")
     return parser.parse_args(argv)
 
 
@@ -304,7 +311,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if emulator is not None:
             emulator.close()
-        shutil.rmtree(folder, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

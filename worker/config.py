@@ -148,7 +148,6 @@ class Settings:
     claim_lease: float = 30.0
     sweep_interval: float = 5.0
     republish_after: float = 30.0
-    republish_queued_after: float = 300.0
     worker_concurrency: int = 64
     log_level: str = "INFO"
     log_format: str = "auto"
@@ -478,7 +477,6 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "claim_lease": ("CLAIM_LEASE", _positive(float)),
     "sweep_interval": ("SWEEP_INTERVAL", _positive(float)),
     "republish_after": ("REPUBLISH_AFTER", _positive(float)),
-    "republish_queued_after": ("REPUBLISH_QUEUED_AFTER", _positive(float)),
     "worker_concurrency": ("WORKER_CONCURRENCY", _positive(int)),
     "log_level": ("LOG_LEVEL", str.upper),
     "log_format": ("LOG_FORMAT", str.lower),
