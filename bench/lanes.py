@@ -106,17 +106,17 @@ class Deployment:
             )
             for call in calls
         ]
-        created = []
-        for start in range(0, len(new), BATCH):
-            created += [job for job, is_new in ledger.create_jobs(new[start : start + BATCH]) if is_new]
-        due = [job.id for job in created if job.published_at is not None]
-        if due:
-            publisher = BatchPublisher(create_app(self.settings), self.settings, lane=lane)
-            try:
-                for start in range(0, len(due), BATCH):
-                    publisher.publish(due[start : start + BATCH])
-            finally:
-                publisher.close()
+        # Batch by batch, as `acs-transfer submit` does: a job written long before its message is published
+        # looks lost to the sweeper (REPUBLISH_AFTER), which would publish it twice.
+        publisher = BatchPublisher(create_app(self.settings), self.settings, lane=lane)
+        try:
+            for start in range(0, len(new), BATCH):
+                created = ledger.create_jobs(new[start : start + BATCH])
+                due = [job.id for job, is_new in created if is_new and job.published_at is not None]
+                if due:
+                    publisher.publish(due)
+        finally:
+            publisher.close()
 
     def close(self) -> None:
         for process in self.processes:
