@@ -86,6 +86,7 @@ class Deployment:
             bulk_queue=self.name if lanes == 1 else "",
         )
         self.producer = Producer(self.settings)
+        self.keep = False
         self.processes = []
         env = child_env({**self.settings.to_env(), "LOG_FORMAT": "json"})
         logs = [self.folder / f"worker-{index}.log" for index in range(workers)]
@@ -104,17 +105,17 @@ class Deployment:
             )
             for call in calls
         ]
-        created = []
-        for start in range(0, len(new), BATCH):
-            created += [job for job, is_new in ledger.create_jobs(new[start : start + BATCH]) if is_new]
-        due = [job.id for job in created if job.published_at is not None]
-        if due:
-            publisher = BatchPublisher(create_app(self.settings), self.settings, lane=lane)
-            try:
-                for start in range(0, len(due), BATCH):
-                    publisher.publish(due[start : start + BATCH])
-            finally:
-                publisher.close()
+        # Batch by batch, as `acs-transfer submit` does: a job written long before its message is published
+        # looks lost to the sweeper (REPUBLISH_AFTER), which would publish it twice.
+        publisher = BatchPublisher(create_app(self.settings), self.settings, lane=lane)
+        try:
+            for start in range(0, len(new), BATCH):
+                created = ledger.create_jobs(new[start : start + BATCH])
+                due = [job.id for job, is_new in created if is_new and job.published_at is not None]
+                if due:
+                    publisher.publish(due)
+        finally:
+            publisher.close()
 
     def close(self) -> None:
         for process in self.processes:
@@ -124,6 +125,8 @@ class Deployment:
             with contextlib.suppress(Exception), kombu.Connection(self.settings.broker_url) as connection:
                 for queue in lane_queues(self.settings):
                     queue(connection.default_channel).delete()
+        if self.keep:
+            return
         with contextlib.suppress(Exception), psycopg.connect(self._admin, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
 
@@ -229,6 +232,9 @@ def measure(args: argparse.Namespace, emulator: Emulator, connection_string: str
             except TimeoutError as error:
                 result.notes.append(str(error))
                 log(f"  {error}")
+                if args.keep:
+                    deployment.keep = True
+                    log(f"  kept: database {deployment.database}, logs in {deployment.folder}")
             finally:
                 deployment.close()
             results.append(result)
@@ -278,6 +284,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--live-every", type=float, default=1.0, help="seconds between two live transfers")
     parser.add_argument("--timeout", type=float, default=600.0, help="longest wait for one campaign")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--keep", action="store_true", help="keep the ledgers and the logs of a failed run")
     return parser.parse_args(argv)
 
 
@@ -303,7 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if emulator is not None:
             emulator.close()
-        shutil.rmtree(folder, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

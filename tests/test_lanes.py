@@ -87,13 +87,14 @@ class NoSender:
 async def test_the_sweeper_republishes_into_the_jobs_own_lane_even_while_the_queue_is_busy(
     make_stack: Callable[..., Any], broker: str
 ) -> None:
-    """Item: no job waits forever behind a busy queue. Jobs whose messages were lost (written, never published)
-    come back in their own lane: at once with the lane empty (after REPUBLISH_AFTER), and after
-    REPUBLISH_QUEUED_AFTER whatever the lane holds."""
+    """Item: no job waits forever behind a busy queue, and a deep backlog is not published twice over. Jobs whose
+    messages were lost (written, never published) come back in their own lane after REPUBLISH_AFTER: all of them
+    with the lane empty; with the lane holding messages, only its shortfall (queued jobs less messages waiting),
+    the oldest first."""
     stack: Stack = await make_stack(broker, "postgresql")
-    settings = replace(stack.settings, republish_after=10.0, republish_queued_after=100.0)
+    settings = replace(stack.settings, republish_after=10.0)
     publisher = stack.producer.publisher
-    publisher.publish(["someone-elses-1", "someone-elses-2"], Lane.LIVE)  # the live lane is busy
+    publisher.publish(["someone-elses-1"], Lane.LIVE)  # the live lane is busy
 
     def lost(call: str, lane: str, age: float) -> str:
         request = parse_transfer({"callConnectionId": call, "targetParticipant": "4:+15551234567"})
@@ -105,9 +106,10 @@ async def test_the_sweeper_republishes_into_the_jobs_own_lane_even_while_the_que
         stack.producer.ledger.run(backdate)
         return job.id
 
-    waiting_long = lost("call-live-old", Lane.LIVE, 150)  # busy lane, but past REPUBLISH_QUEUED_AFTER
-    waiting_short = lost("call-live-recent", Lane.LIVE, 50)  # busy lane: most likely still in the queue
+    oldest = lost("call-live-old", Lane.LIVE, 150)  # two queued, one message: one of them is missing
+    younger = lost("call-live-recent", Lane.LIVE, 50)  # the one message may be its: it waits
     bulk = lost("call-bulk-old", Lane.BULK, 50)  # its lane is empty: lost
+    recent = lost("call-bulk-new", Lane.BULK, 5)  # not yet REPUBLISH_AFTER
     ledger = await Ledger.open(settings.ledger_url)
     try:
         context = Context(settings, ledger, NoSender(), "sweeper-under-test")
@@ -115,13 +117,14 @@ async def test_the_sweeper_republishes_into_the_jobs_own_lane_even_while_the_que
     finally:
         await ledger.close()
     assert republished == 2
-    assert publisher.queue_depths() == {Lane.LIVE: 3, Lane.BULK: 1}
-    published = {job_id: stack.job(job_id).published_at or 0 for job_id in (waiting_long, waiting_short, bulk)}
-    assert time.time() - published[waiting_long] < 10
+    assert publisher.queue_depths() == {Lane.LIVE: 2, Lane.BULK: 1}
+    published = {job_id: stack.job(job_id).published_at or 0 for job_id in (oldest, younger, bulk, recent)}
+    assert time.time() - published[oldest] < 10
     assert time.time() - published[bulk] < 10
-    assert time.time() - published[waiting_short] > 40
+    assert time.time() - published[younger] > 40
+    assert 4 < time.time() - published[recent] < 10
     stack.start_worker()
-    for job_id in (waiting_long, bulk):
+    for job_id in (oldest, bulk):
         assert (await stack.settled(job_id)).state == State.ACCEPTED
 
 

@@ -196,12 +196,16 @@ async def test_sweep_finds_orphans_and_lost_messages_once(ledger_url: str) -> No
         connection.execute(jobs.update().where(jobs.c.id == job_id).values(published_at=at))
 
     await ledger.run(touch, fresh.id, later - 1)
-    busy = {"live": later - 300, "bulk": later - 300}  # queues busy: a queued job only after 300 s
+    # Two queued jobs ("queued", "fresh"), and the live queue holds two messages: none is missing.
+    busy = [(("live",), 2), (("bulk",), 0)]
     only_held = await ledger.run(op_due_for_publish, later, later - 30, busy, 100)
     assert [job_id for job_id, _, _ in only_held] == [held.id]
-    empty = {"live": later - 30, "bulk": later - 30}
-    with_queued = await ledger.run(op_due_for_publish, later, later - 30, empty, 100)
+    unknown = [(("live", "bulk"), None)]  # the broker cannot tell: no queued job is taken for lost
+    assert await ledger.run(op_due_for_publish, later + 40, later - 30, unknown, 100) == []
+    short = [(("live", "bulk"), 1)]  # one message for two queued jobs: the older is taken
+    with_queued = await ledger.run(op_due_for_publish, later, later - 30, short, 100)
     assert with_queued == [(queued.id, State.QUEUED, "live")]  # "held" was just re-published
+    empty = [(("live",), 0), (("bulk",), 0)]
     assert await ledger.run(op_due_for_publish, later + 1, later - 30, empty, 100) == []
     job = await ledger.run(op_get, queued.id)
     assert job is not None

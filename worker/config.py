@@ -210,7 +210,6 @@ class Settings:
     claim_lease: float = _setting("CLAIM_LEASE", _positive(float), 30.0)
     sweep_interval: float = _setting("SWEEP_INTERVAL", _positive(float), 5.0)
     republish_after: float = _setting("REPUBLISH_AFTER", _positive(float), 30.0)
-    republish_queued_after: float = _setting("REPUBLISH_QUEUED_AFTER", _positive(float), 300.0)
     worker_concurrency: int = _setting("WORKER_CONCURRENCY", _positive(int), 64)
     log_level: str = _setting("LOG_LEVEL", str.upper, "INFO")
     log_format: str = _setting("LOG_FORMAT", str.lower, "auto")

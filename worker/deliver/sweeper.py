@@ -1,9 +1,10 @@
 """The sweeper: re-publishes jobs whose message may have been lost, so no broker loss loses a job.
 
 Two cases: a job held by a worker whose lease ran out (the worker died mid-job; its message may have been
-acknowledged, dropped or redelivered while the lease was still live), and a job still queued long after it
-was published (the broker lost the message): REPUBLISH_AFTER once its lane's queue is empty, and
-REPUBLISH_QUEUED_AFTER whatever the queue holds, so a lost message never waits behind a busy queue for long.
+acknowledged, dropped or redelivered while the lease was still live), and a job still queued REPUBLISH_AFTER
+after it was published (the broker lost the message). A queue still holding messages may hold every queued
+job's, so only its shortfall is taken: its lane's queued jobs less the messages waiting, the oldest first.
+Re-publishing every job of a deep backlog after a fixed wait would double it, and then double the rest again.
 Each job goes back into its own lane. A paced campaign's job not yet dispatched is the dispatcher's. One
 worker sweeps at a time, under a lease in the ledger; a re-published job that turns out to be alive is skipped
 by the claim.
@@ -21,8 +22,10 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable
 
+from worker.config import Settings
 from worker.deliver.transfer import Context
 from worker.ledger import (
+    Lane,
     State,
     op_due_for_publish,
     op_prune,
@@ -31,6 +34,7 @@ from worker.ledger import (
     op_unknown_older_than,
 )
 from worker.logs import get_logger
+from worker.queue.broker import queue_name
 
 log = get_logger(__name__)
 SWEEP_LEASE = "sweeper"
@@ -50,13 +54,8 @@ async def sweep_once(
     if not await ctx.ledger.run(op_take_lease, SWEEP_LEASE, ctx.worker_id, now, now + 3 * settings.sweep_interval):
         return 0, False
     depths = await asyncio.to_thread(queue_depths)
-    # With messages still waiting in its lane, a queued job is most likely among them: re-publish it only once
-    # it has waited REPUBLISH_QUEUED_AFTER.
-    queued_before = {
-        lane: now - (settings.republish_after if depth == 0 else settings.republish_queued_after)
-        for lane, depth in depths.items()
-    }
-    due = await ctx.ledger.run(op_due_for_publish, now, now - settings.republish_after, queued_before, BATCH)
+    published_before = now - settings.republish_after
+    due = await ctx.ledger.run(op_due_for_publish, now, published_before, backlogs(settings, depths), BATCH)
     if due:
         await asyncio.to_thread(publish, [(job_id, lane) for job_id, _, lane in due])
         held = sum(1 for _, state, _ in due if state != State.QUEUED)
@@ -66,6 +65,14 @@ async def sweep_once(
     await reconcile_unknown(ctx)
     backlog = prune and await prune_finished(ctx)
     return len(due), backlog
+
+
+def backlogs(settings: Settings, depths: dict[str, int | None]) -> list[tuple[tuple[str, ...], int | None]]:
+    """Per queue: the lanes that share it (both, when BULK_QUEUE names the live queue) and its depth."""
+    by_queue: dict[str, list[str]] = {}
+    for lane in Lane.ALL:
+        by_queue.setdefault(queue_name(settings, lane), []).append(lane)
+    return [(tuple(lanes), depths.get(lanes[0])) for lanes in by_queue.values()]
 
 
 async def prune_finished(ctx: Context) -> bool:

@@ -444,28 +444,43 @@ def op_extend_lease(
 
 
 def op_due_for_publish(
-    connection: Connection, now: float, republish_before: float, queued_before: dict[str, float], limit: int
+    connection: Connection,
+    now: float,
+    published_before: float,
+    backlogs: Sequence[tuple[Sequence[str], int | None]],
+    limit: int,
 ) -> list[tuple[str, str, str]]:
-    """Jobs whose message may be lost, as (id, state, lane): held jobs whose lease ran out (published before
-    `republish_before`) and queued jobs published before their lane's bound in `queued_before`. Jobs awaiting
-    their dispatch (never published) are the dispatcher's. Their publish time is bumped so one sweep takes each."""
-    orphaned = sa.and_(jobs.c.state.in_(HELD_STATES), jobs.c.lease_until < now, jobs.c.published_at < republish_before)
-    waiting = [
-        sa.and_(jobs.c.state == State.QUEUED, jobs.c.lane == lane, jobs.c.published_at < before)
-        for lane, before in queued_before.items()
-    ]
-    query = (
-        sa.select(jobs.c.id, jobs.c.state, jobs.c.lane)
-        .where(sa.or_(orphaned, *waiting))
-        .order_by(jobs.c.published_at)
-        .limit(limit)
-    )
-    if connection.dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
-    due = [(row.id, row.state, row.lane) for row in connection.execute(query)]
+    """Jobs whose message may be lost, oldest first, as (id, state, lane): held jobs whose lease ran out, and
+    queued jobs, each published before `published_before`. `backlogs` gives, per queue, its lanes and the
+    messages waiting in it (None: the broker cannot tell, so none of its queued jobs is taken for lost). A queue
+    that holds messages may hold every queued job's: only the shortfall, its queued jobs less its messages, is
+    taken (the oldest), so a deep backlog is never published twice over. Jobs awaiting their dispatch (never
+    published) are the dispatcher's. Their publish time is bumped so one sweep takes each."""
+    orphaned = sa.and_(jobs.c.state.in_(HELD_STATES), jobs.c.lease_until < now, jobs.c.published_at < published_before)
+    due = [(row.id, row.state, row.lane) for row in connection.execute(_oldest(connection, orphaned, limit))]
+    for lanes, depth in backlogs:
+        room = limit - len(due)
+        if depth is None or room <= 0:
+            continue
+        in_lanes = sa.and_(jobs.c.state == State.QUEUED, jobs.c.lane.in_(lanes))
+        if depth > 0:
+            queued = connection.execute(
+                sa.select(sa.func.count()).where(in_lanes, jobs.c.published_at.is_not(None))
+            ).scalar_one()
+            room = min(room, queued - depth)
+        if room > 0:
+            waiting = sa.and_(in_lanes, jobs.c.published_at < published_before)
+            due += [(row.id, row.state, row.lane) for row in connection.execute(_oldest(connection, waiting, room))]
     if due:
         connection.execute(jobs.update().where(jobs.c.id.in_([i for i, _, _ in due])).values(published_at=now))
     return due
+
+
+def _oldest(connection: Connection, where: sa.ColumnElement[bool], limit: int) -> sa.Select[Any]:
+    query = sa.select(jobs.c.id, jobs.c.state, jobs.c.lane).where(where).order_by(jobs.c.published_at).limit(limit)
+    if connection.dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    return query
 
 
 def op_record_dead_message(

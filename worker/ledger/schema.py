@@ -195,7 +195,11 @@ class Job:
 
     @classmethod
     def from_row(cls, row: sa.Row[Any]) -> Job:
-        return cls(**row._asdict())
+        """A job from a row of `jobs`, which has every field. Filled directly: the frozen `__init__` sets its 27
+        fields one `object.__setattr__` at a time, and the worker reads several jobs per transfer."""
+        job = object.__new__(cls)
+        job.__dict__.update(row._mapping)
+        return job
 
     @classmethod
     def from_values(cls, values: dict[str, Any]) -> Job:
