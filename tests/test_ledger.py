@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import sqlite3
 import uuid
+from typing import Any
 
+import psycopg
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from worker.errors import IdempotencyConflict, JobNotFound, LedgerSchemaError
@@ -250,3 +254,53 @@ def test_prune_deletes_only_old_finished_jobs_with_their_history(ledger_url: str
     assert ledger.get(old_queued.id).state == State.QUEUED  # never pruned before it finished
     assert ledger.run(op_prune, 5_000.0, 100) == 0
     ledger.close()
+
+
+def test_statements_by_id_find_their_job_by_primary_key_in_any_plan(postgres_url: str) -> None:
+    """PostgreSQL keeps a generic plan per prepared statement (the worker's driver prepares each one), made while
+    the table may be nearly empty and kept until ANALYZE. Planned so, a claim once scanned every job in its state,
+    O(backlog) per claim: each statement that finds a job by id must use the primary key whatever the planner
+    knows. The statements are the ones the operations really send, captured on their way to the server."""
+    ledger = SyncLedger(postgres_url)  # a fresh ledger: tables never analyzed
+    sent: list[str] = []
+
+    def capture(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if "WHERE jobs.id = " in statement and statement not in sent:
+            sent.append(statement)
+
+    engine = ledger._engine
+    sa.event.listen(engine, "before_cursor_execute", capture)
+    try:
+        (job,) = (created for created, _ in ledger.create_jobs([_job("by-id")]))
+        claimed = ledger.run(op_claim, job.id, "w", 1.0, 2.0, 1)
+        assert claimed is not None
+        ledger.run(op_transition, job.id, "w", State.SENDING, State.RETRY_WAIT, 1.0, lease_until=2.0)
+        ledger.run(op_start_attempt, job.id, "w", State.RETRY_WAIT, 2, 1, 1.0, 2.0)
+        ledger.run(op_claim, job.id, "v", 3.0, 4.0)  # the lease ran out: the orphan claim
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", capture)
+    assert len(sent) >= 4
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute("SET plan_cache_mode = force_generic_plan")
+        for statement in sent:
+            numbered, names = _numbered(statement)
+            connection.execute(f"PREPARE probe AS {numbered}")
+            try:
+                values = ", ".join("NULL" for _ in names)
+                plan = "\n".join(row[0] for row in connection.execute(f"EXPLAIN EXECUTE probe ({values})"))
+            finally:
+                connection.execute("DEALLOCATE probe")
+            assert "jobs_pkey" in plan, f"{statement}\n{plan}"
+    ledger.close()
+
+
+def _numbered(statement: str) -> tuple[str, list[str]]:
+    """psycopg's %(name)s placeholders as PostgreSQL's $n, and the names in order."""
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        if match[1] not in names:
+            names.append(match[1])
+        return f"${names.index(match[1]) + 1}"
+
+    return re.sub(r"%\((\w+)\)s", number, statement), names

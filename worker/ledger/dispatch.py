@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from worker.ledger.schema import State, campaigns, jobs
+from worker.ledger.schema import State, campaigns, jobs, unindexed_state
 
 _AWAITING = sa.and_(jobs.c.state == State.QUEUED, jobs.c.published_at.is_(None))
 
@@ -45,7 +45,11 @@ def op_release(
     released = [(str(row.id), str(row.lane)) for row in connection.execute(query)]
     if released:
         ids = [job_id for job_id, _ in released]
-        connection.execute(jobs.update().where(jobs.c.id.in_(ids), _AWAITING).values(published_at=now))
+        connection.execute(
+            jobs.update()
+            .where(jobs.c.id.in_(ids), unindexed_state == State.QUEUED, jobs.c.published_at.is_(None))
+            .values(published_at=now)
+        )
     return released
 
 

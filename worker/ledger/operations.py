@@ -29,6 +29,7 @@ from worker.ledger.schema import (
     job_events,
     jobs,
     leases,
+    unindexed_state,
 )
 
 R = TypeVar("R")
@@ -55,7 +56,7 @@ _SELECT_JOB = sa.select(jobs).where(jobs.c.id == _bp("p_id"))
 _SELECT_STATE = sa.select(jobs.c.state).where(jobs.c.id == _bp("p_id"))
 _CLAIM_QUEUED = (
     jobs.update()
-    .where(jobs.c.id == _bp("p_id"), jobs.c.state == State.QUEUED)
+    .where(jobs.c.id == _bp("p_id"), unindexed_state == State.QUEUED)
     .values(state=State.SENDING, worker=_bp("p_worker"), lease_until=_bp("p_lease"), updated_at=_bp("p_now"))
     .returning(*jobs.c)
 )
@@ -63,7 +64,7 @@ _CLAIM_QUEUED = (
 # global rate-limit token is needed (a campaign's pace was kept before its job was published).
 _CLAIM_QUEUED_AND_START = (
     jobs.update()
-    .where(jobs.c.id == _bp("p_id"), jobs.c.state == State.QUEUED)
+    .where(jobs.c.id == _bp("p_id"), unindexed_state == State.QUEUED)
     .values(
         state=State.SENDING,
         worker=_bp("p_worker"),
@@ -84,7 +85,7 @@ _UNANSWERED_ATTEMPT = sa.case(
 )
 _CLAIM_ORPHAN = (
     jobs.update()
-    .where(jobs.c.id == _bp("p_id"), jobs.c.state.in_(HELD_STATES), jobs.c.lease_until < _bp("p_now"))
+    .where(jobs.c.id == _bp("p_id"), unindexed_state.in_(HELD_STATES), jobs.c.lease_until < _bp("p_now"))
     .values(
         state=State.SENDING,
         worker=_bp("p_worker"),
@@ -99,9 +100,9 @@ _START_ATTEMPT = (
     .where(
         jobs.c.id == _bp("p_id"),
         jobs.c.worker == _bp("p_worker"),
-        jobs.c.state == _bp("p_from"),
+        unindexed_state == _bp("p_from"),
         # Only a held job is sent: a settled one (an outcome event may settle it under its holder) never again.
-        jobs.c.state.in_(HELD_STATES),
+        unindexed_state.in_(HELD_STATES),
     )
     .values(
         state=State.SENDING,
@@ -126,13 +127,13 @@ _TRANSITION_VALUES = {
 }
 _TRANSITION = (
     jobs.update()
-    .where(jobs.c.id == _bp("p_id"), jobs.c.state == _bp("p_from"))
+    .where(jobs.c.id == _bp("p_id"), unindexed_state == _bp("p_from"))
     .values(**_TRANSITION_VALUES)
     .returning(*jobs.c)
 )
 _TRANSITION_HELD = (
     jobs.update()
-    .where(jobs.c.id == _bp("p_id"), jobs.c.state == _bp("p_from"), jobs.c.worker == _bp("p_worker"))
+    .where(jobs.c.id == _bp("p_id"), unindexed_state == _bp("p_from"), jobs.c.worker == _bp("p_worker"))
     .values(**_TRANSITION_VALUES)
     .returning(*jobs.c)
 )
@@ -436,7 +437,7 @@ def op_extend_lease(
     """Keep holding a job while it waits (for a rate-limit token), without a state change; None if lost."""
     row = connection.execute(
         jobs.update()
-        .where(jobs.c.id == job_id, jobs.c.worker == worker, jobs.c.state == state)
+        .where(jobs.c.id == job_id, jobs.c.worker == worker, unindexed_state == state)
         .values(lease_until=lease_until, updated_at=now)
         .returning(*jobs.c)
     ).first()

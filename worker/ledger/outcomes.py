@@ -20,6 +20,7 @@ from worker.ledger.schema import (
     State,
     callback_events,
     jobs,
+    unindexed_state,
 )
 from worker.text import can_store
 
@@ -40,7 +41,7 @@ def op_find_job_for_event(
     event, and settling it would stop it from ever being sent; between two candidates nothing tells which."""
     query = sa.select(jobs.c.id).where(
         jobs.c.call_connection_id == call_connection_id,
-        jobs.c.state.in_(AWAITING_OUTCOME_STATES),
+        unindexed_state.in_(AWAITING_OUTCOME_STATES),
         jobs.c.attempts > 0,
     )
     where = f"call {call_connection_id!r}"
@@ -65,7 +66,7 @@ def op_apply_outcome(connection: Connection, job_id: str, outcome: EventOutcome,
         return None
     row = connection.execute(
         jobs.update()
-        .where(jobs.c.id == job_id, jobs.c.state == before)
+        .where(jobs.c.id == job_id, unindexed_state == before)
         .values(
             state=outcome.state,
             result_code=outcome.code,
@@ -112,7 +113,7 @@ def op_replay(connection: Connection, original_id: str, new_job: NewJob, reason:
     detail = f"replayed as {created.id}: {reason}"
     linked = connection.execute(
         jobs.update()
-        .where(jobs.c.id == original_id, jobs.c.state == original.state, jobs.c.replayed_by.is_(None))
+        .where(jobs.c.id == original_id, unindexed_state == original.state, jobs.c.replayed_by.is_(None))
         .values(replayed_by=created.id, reason=detail, updated_at=now)
         .returning(*jobs.c)
     ).first()
@@ -148,7 +149,7 @@ def op_stop_replacement(connection: Connection, original: Job, now: float) -> tu
         # both win; if the claim did, the replacement was sent and is flagged below.
         row = connection.execute(
             jobs.update()
-            .where(jobs.c.id == replacement.id, jobs.c.state == replacement.state, jobs.c.attempts == 0)
+            .where(jobs.c.id == replacement.id, unindexed_state == replacement.state, jobs.c.attempts == 0)
             .values(state=State.SUPERSEDED, reason=reason, settled_at=now, lease_until=None, updated_at=now)
             .returning(*jobs.c)
         ).first()
