@@ -430,23 +430,52 @@ def _wait_for_line(path: Path, text: str, process: subprocess.Popen[bytes], time
     return path.read_text()
 
 
-def test_the_start_shows_the_effective_concurrency_without_warnings(tmp_path: Path) -> None:
+#: lines Celery or kombu would print at every start, none of them about a mistake of the operator's: no host in the
+#: embedded transport's URL, and native delayed delivery (ETA tasks), which the lane queues' direct exchanges
+#: cannot use and the worker does not need
+START_NOISE = ("No hostname was supplied", "native delayed delivery", "ETA tasks", "block the worker")
+
+
+def _start_and_read(env: dict[str, str], *arguments: str, log: Path) -> tuple[str, dict[str, object]]:
+    """Start a real worker, wait until it consumes, stop it: everything it printed, and its worker.ready line."""
     from worker.processes import stop  # noqa: PLC0415
 
-    log = tmp_path / "worker.log"
-    env = clean_env(tmp_path, LOG_LEVEL="INFO", LOG_FORMAT="json")
     with log.open("wb") as output:
         process = subprocess.Popen(
-            [*CELERY, "-c", "4"], env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+            [*CELERY, *arguments], env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
         text = _wait_for_line(log, "worker.ready", process)
     finally:
         stop(process)
     (ready,) = [json.loads(line) for line in text.splitlines() if '"worker.ready"' in line]
+    return text, ready
+
+
+@pytest.mark.parametrize("broker", [None, "filesystem://"], ids=["default", "explicit"])
+def test_the_start_shows_the_effective_concurrency_without_warnings(tmp_path: Path, broker: str | None) -> None:
+    # Celery reads CELERY_BROKER_URL itself: an explicit `filesystem://` must not bring the hostname warning back.
+    extra = {} if broker is None else {"CELERY_BROKER_URL": broker}
+    env = clean_env(tmp_path, LOG_LEVEL="INFO", LOG_FORMAT="json", **extra)
+    text, ready = _start_and_read(env, "-c", "4", log=tmp_path / "worker.log")
     assert (ready["pool"], ready["concurrency"]) == ("thread", 4)
     assert "concurrency: 4 (thread)" in text
-    assert "No hostname was supplied" not in text
+    assert [noise for noise in START_NOISE if noise in text] == []
+
+
+def test_a_rabbitmq_worker_starts_without_delayed_delivery_warnings(tmp_path: Path, rabbitmq_url: str) -> None:
+    queue = f"acs-quiet-{secrets.token_hex(4)}"
+    env = clean_env(tmp_path, LOG_LEVEL="INFO", LOG_FORMAT="json", CELERY_BROKER_URL=rabbitmq_url, TRANSFER_QUEUE=queue)
+    try:
+        text, ready = _start_and_read(env, "-n", f"{queue}@%h", "-c", "2", log=tmp_path / "worker.log")
+    finally:
+        import kombu  # noqa: PLC0415
+
+        with kombu.Connection(rabbitmq_url) as connection:
+            for name in (queue, f"{queue}.bulk"):
+                connection.default_channel.queue_delete(name)
+    assert [noise for noise in START_NOISE if noise in text] == []
+    assert "wait in the worker" in str(ready.get("retries"))
 
 
 def test_a_second_worker_with_the_same_name_says_it_needs_its_own(tmp_path: Path, rabbitmq_url: str) -> None:
