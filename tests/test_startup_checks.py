@@ -7,6 +7,7 @@ import base64
 import json
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -405,6 +406,70 @@ def test_serve_logs_the_address_it_listens_on(tmp_path: Path) -> None:
         assert listening[0]["url"] == f"http://127.0.0.1:{port}"
     finally:
         stop(process)
+
+
+# --- Ctrl-C -----------------------------------------------------------------------------------------------------
+
+
+def _interrupted(
+    tmp_path: Path, arguments: list[str], env: dict[str, str], ready: str | None, sig: int = signal.SIGINT
+) -> tuple[int, str]:
+    """Run a command until it is ready (`ready`: a URL that answers, or text on stdout), send `sig`: its exit
+    status and what it wrote to stderr after the signal."""
+    from worker.processes import wait_for_http  # noqa: PLC0415
+
+    out, err = tmp_path / "out.txt", tmp_path / "err.txt"
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "worker.cli", *arguments], env=env, stdout=stdout, stderr=stderr
+        )
+    try:
+        if ready is not None and ready.startswith("http"):
+            wait_for_http(ready, process, timeout=60)
+        else:
+            _wait_for_line(out, ready or "", process)
+        before = len(err.read_bytes())
+        process.send_signal(sig)
+        status = process.wait(30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return status, err.read_bytes()[before:].decode()
+
+
+@pytest.mark.parametrize("command", ["emulator", "serve", "campaign --watch"])
+def test_ctrl_c_ends_a_command_with_one_line_and_status_130(tmp_path: Path, command: str) -> None:
+    from worker.processes import free_port  # noqa: PLC0415
+
+    port = str(free_port())
+    env = clean_env(tmp_path, SERVE_PORT=port, CALLBACK_VERIFY="false")
+    if command == "emulator":
+        arguments, ready = ["emulator", "--port", port], f"http://127.0.0.1:{port}/_emulator/health"
+    elif command == "serve":
+        arguments, ready = ["serve"], f"http://127.0.0.1:{port}/healthz"
+    else:
+        source = tmp_path / "calls.csv"
+        source.write_text(HEADER + "call-1,4:+14255550101\n")
+        assert submit(tmp_path, source).returncode == 0  # no worker: the job stays queued, so --watch goes on
+        arguments, ready = ["campaign", "c1", "--watch", "--interval", "0.2"], "campaign c1"
+    status, said = _interrupted(tmp_path, arguments, env, ready)
+    assert (status, said) == (130, "interrupted\n")
+
+
+@pytest.mark.parametrize("command", ["emulator", "serve"])
+def test_sigterm_still_stops_a_server_cleanly(tmp_path: Path, command: str) -> None:
+    from worker.processes import free_port  # noqa: PLC0415
+
+    port = str(free_port())
+    env = clean_env(tmp_path, SERVE_PORT=port, CALLBACK_VERIFY="false")
+    arguments, path = (
+        (["emulator", "--port", port], "_emulator/health") if command == "emulator" else (["serve"], "healthz")
+    )
+    status, said = _interrupted(tmp_path, arguments, env, f"http://127.0.0.1:{port}/{path}", signal.SIGTERM)
+    assert status == 0, said
+    assert "Traceback" not in said
+    assert "interrupted" not in said
 
 
 # --- Celery's conventions -------------------------------------------------------------------------------------
