@@ -543,6 +543,70 @@ def test_a_rabbitmq_worker_starts_without_delayed_delivery_warnings(tmp_path: Pa
     assert "wait in the worker" in str(ready.get("retries"))
 
 
+#: a worker that says when it is ready in a file, since with everything at WARNING no line of its own says it
+_MARKED_WORKER = """
+import os, sys
+from pathlib import Path
+from celery import signals
+from worker import app
+
+@signals.worker_ready.connect
+def mark(**_):
+    Path(os.environ["READY_MARKER"]).write_text("ready")
+
+app.worker_main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("project_level", ["WARNING", None])
+def test_loglevel_quiets_celery_and_log_level_the_project_as_the_readme_says(
+    tmp_path: Path, project_level: str | None
+) -> None:
+    """README: `--loglevel` sets Celery's and every library's level, LOG_LEVEL the project's own; set both to quiet
+    both (`LOG_LEVEL=WARNING celery -A worker worker --loglevel=warning`)."""
+    from worker.processes import stop  # noqa: PLC0415
+
+    env = clean_env(tmp_path, LOG_FORMAT="json", READY_MARKER=str(tmp_path / "ready"))
+    env.pop("LOG_LEVEL")
+    if project_level is not None:
+        env["LOG_LEVEL"] = project_level
+    marker, log = tmp_path / "ready", tmp_path / "worker.log"
+    command = [sys.executable, "-c", _MARKED_WORKER, "worker", "--loglevel=warning", "-n", "quiet@%h"]
+    with log.open("wb") as output:
+        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+    finally:
+        stop(process)
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    quiet = [line for line in lines if line["level"] in {"debug", "info"}]
+    if project_level is not None:
+        assert quiet == []
+    else:  # LOG_LEVEL's default, INFO, still shows the project's lines; Celery's stay quiet
+        assert {line["event"] for line in quiet} >= {"worker.ready"}
+        assert [line for line in quiet if "logger" in line] == []  # only library lines carry a logger name
+
+
+def test_the_flower_extra_brings_flower(tmp_path: Path) -> None:
+    """`pip install 'acs-transfer[flower]'`, resolved by pip itself (a dry run: nothing is installed)."""
+    report = tmp_path / "report.json"
+    project = Path(__file__).resolve().parent.parent
+    result = run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "-q", "--report", str(report), f"{project}[flower]"],
+        {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
+        timeout=240,
+    )
+    if result.returncode != 0 and "No matching distribution" in result.stderr + result.stdout:
+        pytest.skip(f"no package index reachable: {result.stderr.strip().splitlines()[-1:]}")
+    assert result.returncode == 0, result.stderr
+    names = {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
+    assert {"acs-transfer", "flower"} <= names
+
+
 def test_a_second_worker_with_the_same_name_says_it_needs_its_own(tmp_path: Path, rabbitmq_url: str) -> None:
     from worker.processes import stop  # noqa: PLC0415
 
