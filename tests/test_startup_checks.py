@@ -136,6 +136,26 @@ def test_the_producer_refuses_a_bad_key_or_campaign_naming_the_field(
     assert rule in issue.rule
 
 
+def test_enqueue_refuses_a_blank_idempotency_key_in_one_line(tmp_path: Path) -> None:
+    env = clean_env(tmp_path)
+    target = ["--call-connection-id", "call-1", "--target", "4:+14255550123"]
+    result = cli("enqueue", *target, "--idempotency-key", " ", env=env)
+    assert result.returncode == 2
+    assert result.stderr == "error: idempotency_key: must not be blank\n"
+    assert result.stdout == ""
+    assert not (tmp_path / "ledger.db").exists() or _job_count(env) == 0  # no job was created
+
+
+def _job_count(env: dict[str, str]) -> int:
+    from worker.ledger import SyncLedger, op_count_by_state  # noqa: PLC0415
+
+    ledger = SyncLedger(env["LEDGER_URL"])
+    try:
+        return sum(ledger.run(op_count_by_state, None).values())
+    finally:
+        ledger.close()
+
+
 # --- processes ------------------------------------------------------------------------------------------------
 
 
