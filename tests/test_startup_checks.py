@@ -7,6 +7,7 @@ import base64
 import json
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -133,6 +134,26 @@ def test_the_producer_refuses_a_bad_key_or_campaign_naming_the_field(
     (issue,) = raised.value.issues
     assert issue.field == field
     assert rule in issue.rule
+
+
+def test_enqueue_refuses_a_blank_idempotency_key_in_one_line(tmp_path: Path) -> None:
+    env = clean_env(tmp_path)
+    target = ["--call-connection-id", "call-1", "--target", "4:+14255550123"]
+    result = cli("enqueue", *target, "--idempotency-key", " ", env=env)
+    assert result.returncode == 2
+    assert result.stderr == "error: idempotency_key: must not be blank\n"
+    assert result.stdout == ""
+    assert not (tmp_path / "ledger.db").exists() or _job_count(env) == 0  # no job was created
+
+
+def _job_count(env: dict[str, str]) -> int:
+    from worker.ledger import SyncLedger, op_count_by_state  # noqa: PLC0415
+
+    ledger = SyncLedger(env["LEDGER_URL"])
+    try:
+        return sum(ledger.run(op_count_by_state, None).values())
+    finally:
+        ledger.close()
 
 
 # --- processes ------------------------------------------------------------------------------------------------
@@ -407,6 +428,70 @@ def test_serve_logs_the_address_it_listens_on(tmp_path: Path) -> None:
         stop(process)
 
 
+# --- Ctrl-C -----------------------------------------------------------------------------------------------------
+
+
+def _interrupted(
+    tmp_path: Path, arguments: list[str], env: dict[str, str], ready: str | None, sig: int = signal.SIGINT
+) -> tuple[int, str]:
+    """Run a command until it is ready (`ready`: a URL that answers, or text on stdout), send `sig`: its exit
+    status and what it wrote to stderr after the signal."""
+    from worker.processes import wait_for_http  # noqa: PLC0415
+
+    out, err = tmp_path / "out.txt", tmp_path / "err.txt"
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "worker.cli", *arguments], env=env, stdout=stdout, stderr=stderr
+        )
+    try:
+        if ready is not None and ready.startswith("http"):
+            wait_for_http(ready, process, timeout=60)
+        else:
+            _wait_for_line(out, ready or "", process)
+        before = len(err.read_bytes())
+        process.send_signal(sig)
+        status = process.wait(30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return status, err.read_bytes()[before:].decode()
+
+
+@pytest.mark.parametrize("command", ["emulator", "serve", "campaign --watch"])
+def test_ctrl_c_ends_a_command_with_one_line_and_status_130(tmp_path: Path, command: str) -> None:
+    from worker.processes import free_port  # noqa: PLC0415
+
+    port = str(free_port())
+    env = clean_env(tmp_path, SERVE_PORT=port, CALLBACK_VERIFY="false")
+    if command == "emulator":
+        arguments, ready = ["emulator", "--port", port], f"http://127.0.0.1:{port}/_emulator/health"
+    elif command == "serve":
+        arguments, ready = ["serve"], f"http://127.0.0.1:{port}/healthz"
+    else:
+        source = tmp_path / "calls.csv"
+        source.write_text(HEADER + "call-1,4:+14255550101\n")
+        assert submit(tmp_path, source).returncode == 0  # no worker: the job stays queued, so --watch goes on
+        arguments, ready = ["campaign", "c1", "--watch", "--interval", "0.2"], "campaign c1"
+    status, said = _interrupted(tmp_path, arguments, env, ready)
+    assert (status, said) == (130, "interrupted\n")
+
+
+@pytest.mark.parametrize("command", ["emulator", "serve"])
+def test_sigterm_still_stops_a_server_cleanly(tmp_path: Path, command: str) -> None:
+    from worker.processes import free_port  # noqa: PLC0415
+
+    port = str(free_port())
+    env = clean_env(tmp_path, SERVE_PORT=port, CALLBACK_VERIFY="false")
+    arguments, path = (
+        (["emulator", "--port", port], "_emulator/health") if command == "emulator" else (["serve"], "healthz")
+    )
+    status, said = _interrupted(tmp_path, arguments, env, f"http://127.0.0.1:{port}/{path}", signal.SIGTERM)
+    assert status == 0, said
+    assert "Traceback" not in said
+    assert "interrupted" not in said
+
+
 # --- Celery's conventions -------------------------------------------------------------------------------------
 
 CELERY = [sys.executable, "-m", "celery", "-A", "worker", "worker", "--without-mingle", "--without-gossip"]
@@ -430,23 +515,116 @@ def _wait_for_line(path: Path, text: str, process: subprocess.Popen[bytes], time
     return path.read_text()
 
 
-def test_the_start_shows_the_effective_concurrency_without_warnings(tmp_path: Path) -> None:
+#: lines Celery or kombu would print at every start, none of them about a mistake of the operator's: no host in the
+#: embedded transport's URL, and native delayed delivery (ETA tasks), which the lane queues' direct exchanges
+#: cannot use and the worker does not need
+START_NOISE = ("No hostname was supplied", "native delayed delivery", "ETA tasks", "block the worker")
+
+
+def _start_and_read(env: dict[str, str], *arguments: str, log: Path) -> tuple[str, dict[str, object]]:
+    """Start a real worker, wait until it consumes, stop it: everything it printed, and its worker.ready line."""
     from worker.processes import stop  # noqa: PLC0415
 
-    log = tmp_path / "worker.log"
-    env = clean_env(tmp_path, LOG_LEVEL="INFO", LOG_FORMAT="json")
     with log.open("wb") as output:
         process = subprocess.Popen(
-            [*CELERY, "-c", "4"], env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+            [*CELERY, *arguments], env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
         text = _wait_for_line(log, "worker.ready", process)
     finally:
         stop(process)
     (ready,) = [json.loads(line) for line in text.splitlines() if '"worker.ready"' in line]
+    return text, ready
+
+
+@pytest.mark.parametrize("broker", [None, "filesystem://"], ids=["default", "explicit"])
+def test_the_start_shows_the_effective_concurrency_without_warnings(tmp_path: Path, broker: str | None) -> None:
+    # Celery reads CELERY_BROKER_URL itself: an explicit `filesystem://` must not bring the hostname warning back.
+    extra = {} if broker is None else {"CELERY_BROKER_URL": broker}
+    env = clean_env(tmp_path, LOG_LEVEL="INFO", LOG_FORMAT="json", **extra)
+    text, ready = _start_and_read(env, "-c", "4", log=tmp_path / "worker.log")
     assert (ready["pool"], ready["concurrency"]) == ("thread", 4)
     assert "concurrency: 4 (thread)" in text
-    assert "No hostname was supplied" not in text
+    assert [noise for noise in START_NOISE if noise in text] == []
+
+
+def test_a_rabbitmq_worker_starts_without_delayed_delivery_warnings(tmp_path: Path, rabbitmq_url: str) -> None:
+    queue = f"acs-quiet-{secrets.token_hex(4)}"
+    env = clean_env(tmp_path, LOG_LEVEL="INFO", LOG_FORMAT="json", CELERY_BROKER_URL=rabbitmq_url, TRANSFER_QUEUE=queue)
+    try:
+        text, ready = _start_and_read(env, "-n", f"{queue}@%h", "-c", "2", log=tmp_path / "worker.log")
+    finally:
+        import kombu  # noqa: PLC0415
+
+        with kombu.Connection(rabbitmq_url) as connection:
+            for name in (queue, f"{queue}.bulk"):
+                connection.default_channel.queue_delete(name)
+    assert [noise for noise in START_NOISE if noise in text] == []
+    assert "wait in the worker" in str(ready.get("retries"))
+
+
+#: a worker that says when it is ready in a file, since with everything at WARNING no line of its own says it
+_MARKED_WORKER = """
+import os, sys
+from pathlib import Path
+from celery import signals
+from worker import app
+
+@signals.worker_ready.connect
+def mark(**_):
+    Path(os.environ["READY_MARKER"]).write_text("ready")
+
+app.worker_main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("project_level", ["WARNING", None])
+def test_loglevel_quiets_celery_and_log_level_the_project_as_the_readme_says(
+    tmp_path: Path, project_level: str | None
+) -> None:
+    """README: `--loglevel` sets Celery's and every library's level, LOG_LEVEL the project's own; set both to quiet
+    both (`LOG_LEVEL=WARNING celery -A worker worker --loglevel=warning`)."""
+    from worker.processes import stop  # noqa: PLC0415
+
+    env = clean_env(tmp_path, LOG_FORMAT="json", READY_MARKER=str(tmp_path / "ready"))
+    env.pop("LOG_LEVEL")
+    if project_level is not None:
+        env["LOG_LEVEL"] = project_level
+    marker, log = tmp_path / "ready", tmp_path / "worker.log"
+    command = [sys.executable, "-c", _MARKED_WORKER, "worker", "--loglevel=warning", "-n", "quiet@%h"]
+    with log.open("wb") as output:
+        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+    finally:
+        stop(process)
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    quiet = [line for line in lines if line["level"] in {"debug", "info"}]
+    if project_level is not None:
+        assert quiet == []
+    else:  # LOG_LEVEL's default, INFO, still shows the project's lines; Celery's stay quiet
+        assert {line["event"] for line in quiet} >= {"worker.ready"}
+        assert [line for line in quiet if "logger" in line] == []  # only library lines carry a logger name
+
+
+def test_the_flower_extra_brings_flower(tmp_path: Path) -> None:
+    """`pip install 'acs-transfer[flower]'`, resolved by pip itself (a dry run: nothing is installed)."""
+    report = tmp_path / "report.json"
+    project = Path(__file__).resolve().parent.parent
+    result = run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "-q", "--report", str(report), f"{project}[flower]"],
+        {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
+        timeout=240,
+    )
+    if result.returncode != 0 and "No matching distribution" in result.stderr + result.stdout:
+        pytest.skip(f"no package index reachable: {result.stderr.strip().splitlines()[-1:]}")
+    assert result.returncode == 0, result.stderr
+    names = {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
+    assert {"acs-transfer", "flower"} <= names
 
 
 def test_a_second_worker_with_the_same_name_says_it_needs_its_own(tmp_path: Path, rabbitmq_url: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import os
@@ -14,6 +15,28 @@ import time
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
+
+#: how a server is asked to stop: SIGTERM by a supervisor (a clean stop), SIGINT by Ctrl-C (an interruption)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+async def stop_signal() -> int:
+    """Wait for SIGINT or SIGTERM and return which came. The loop handles both meanwhile, so neither interrupts
+    whatever the loop is running; the caller shuts down cleanly, then tells the two apart."""
+    loop = asyncio.get_running_loop()
+    received: asyncio.Future[int] = loop.create_future()
+
+    def note(sig: int) -> None:
+        if not received.done():
+            received.set_result(sig)
+
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, note, sig)
+    try:
+        return await received
+    finally:
+        for sig in STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
 
 
 def free_port() -> int:

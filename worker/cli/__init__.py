@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import traceback
 from typing import Any
 
 import click
@@ -9,16 +11,26 @@ import click
 from worker.cli import campaigns, configuration, dead, health, jobs, local, prune, serve
 from worker.cli.common import explain
 
+#: the exit status of a command stopped by Ctrl-C (SIGINT), as a shell reports it: 128 + the signal's number
+INTERRUPTED = 130
+
 
 class Commands(click.Group):
     """Every command's expected failures (configuration, database, broker) end in one line and exit status 1;
-    with --debug (or ACS_TRANSFER_DEBUG=1) in the traceback as well."""
+    with --debug (or ACS_TRANSFER_DEBUG=1) in the traceback as well. Ctrl-C ends any command with one line and
+    exit status 130 (click would print "Aborted!" and exit 1)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except click.ClickException:
             raise
+        except KeyboardInterrupt:
+            if ctx.params.get("debug"):
+                traceback.print_exc()
+            # On a terminal the line starts after the echoed ^C; in a log it is the one line.
+            click.echo(f"{chr(10) if sys.stderr.isatty() else ''}interrupted", err=True)
+            sys.exit(INTERRUPTED)
         except Exception as error:
             message = explain(error)
             if message is None or ctx.params.get("debug"):
@@ -35,7 +47,7 @@ def main(debug: bool) -> None:
     """Idempotent ACS Call Automation transfers through a message queue.
 
     Exit statuses: 0 done; 1 a failure named in one line (configuration, database, broker, a refused request);
-    2 a usage error or invalid input; submit adds 1 for rejected rows and 130 when interrupted."""
+    2 a usage error or invalid input; 130 interrupted (Ctrl-C); submit also 1 for rejected rows."""
 
 
 for command in (jobs.enqueue, jobs.status, local.emulator, local.demo, serve.serve, dead.dead):

@@ -207,8 +207,6 @@ def campaign(name: str, watch: bool, interval: float, as_json: bool, report: Pat
             progress = ledger.run(op_progress, name, time.time(), interval)
         if report is not None:
             _write_report(ledger, name, report)
-    except KeyboardInterrupt:
-        pass
     finally:
         ledger.close()
 

@@ -33,7 +33,21 @@ def _record(message: Any, reason: str) -> None:
         log.error("message.dead_not_recorded", reason=reason, error=f"{type(error).__name__}: {error}")
 
 
+#: Celery's native delayed delivery routes ETA tasks through topic exchanges it binds every queue to. Jobs never
+#: travel as ETA tasks (a retry waits inside the worker that holds its message), and the lane queues sit behind
+#: direct exchanges that raw producers publish to (docs/producers.md), so the step would only declare unused
+#: exchanges and queues on RabbitMQ and warn at every start that each lane's exchange cannot use them.
+_UNUSED_STEPS = ("celery.worker.consumer.delayed_delivery:DelayedDelivery",)
+
+
 class RecordingConsumer(Consumer):
+    # Built with type(): celery-types declares Consumer.Blueprint as a variable, which mypy will not subclass.
+    Blueprint = type(
+        "Blueprint",
+        (Consumer.Blueprint,),
+        {"default_steps": [step for step in Consumer.Blueprint.default_steps if step not in _UNUSED_STEPS]},
+    )
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if broker_kind(str(self.app.conf.broker_url)) == "redis":

@@ -14,6 +14,7 @@ from aiohttp import web
 from worker.emulator.config import EmulatorConfig
 from worker.emulator.server import STATE, create_emulator_app
 from worker.emulator.state import EmulatorState
+from worker.processes import stop_signal
 
 # Hanging faults can keep handlers alive for their whole duration; shutting down must not wait for them.
 _SHUTDOWN_TIMEOUT = 0.5
@@ -81,21 +82,17 @@ def run_emulator(
     port: int = 0,
     ssl_context: ssl.SSLContext | None = None,
 ) -> None:
-    """Serve until SIGINT or SIGTERM, then shut down cleanly. Prints the base URL once listening."""
-    asyncio.run(_serve(config, host, port, ssl_context))
+    """Serve until SIGTERM or SIGINT, then shut down cleanly. Prints the base URL once listening. After SIGINT
+    (Ctrl-C) raises KeyboardInterrupt, as any Python program does, so that a command can say it was interrupted."""
+    if asyncio.run(_serve(config, host, port, ssl_context)) == signal.SIGINT:
+        raise KeyboardInterrupt
+    print("ACS emulator stopped", file=sys.stderr, flush=True)
 
 
-async def _serve(config: EmulatorConfig, host: str, port: int, ssl_context: ssl.SSLContext | None) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+async def _serve(config: EmulatorConfig, host: str, port: int, ssl_context: ssl.SSLContext | None) -> int:
     emulator = await start_emulator(config, host, port, ssl_context)
     try:
         print(f"ACS emulator listening on {emulator.url}", flush=True)
-        await stop.wait()
+        return await stop_signal()
     finally:
         await emulator.close()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-    print("ACS emulator stopped", file=sys.stderr, flush=True)

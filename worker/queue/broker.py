@@ -75,12 +75,17 @@ def lane_queues(settings: Settings) -> list[Queue]:
     return queues
 
 
+def celery_broker_url(settings: Settings) -> str:
+    """The broker URL as Celery is given it. The file transport has no host; naming the default one keeps kombu
+    from warning, on every connection, that none was given."""
+    return "filesystem://localhost//" if broker_kind(settings.broker_url) == "filesystem" else settings.broker_url
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Everything `celeryconfig.py` sets, for the given settings."""
     embedded = broker_kind(settings.broker_url) == "filesystem"
     return {
-        # The file transport has no host; naming the default one keeps kombu from warning that none was given.
-        "broker_url": "filesystem://localhost//" if embedded else settings.broker_url,
+        "broker_url": celery_broker_url(settings),
         "broker_transport_options": transport_options(settings),
         "broker_connection_retry_on_startup": True,
         # JSON only: a producer must never be able to make a worker unpickle code.

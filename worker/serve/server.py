@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import signal
+
 import aiohttp
 from aiohttp import web
 
@@ -10,6 +13,7 @@ from worker.errors import ConfigError
 from worker.health import probes
 from worker.ledger import Ledger
 from worker.logs import get_logger, register_secret
+from worker.processes import stop_signal
 from worker.queue.app import create_app as create_celery_app
 from worker.queue.publisher import Publisher
 from worker.serve import callbacks, intake
@@ -57,10 +61,21 @@ async def create_server_app(settings: Settings) -> web.Application:
 
 
 def run_server(settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down cleanly; after SIGINT (Ctrl-C) raise KeyboardInterrupt, as
+    any Python program does, so that the command can say it was interrupted. (aiohttp's `run_app` ends both the
+    same way, which is why it is not used.)"""
+    if asyncio.run(_serve(settings)) == signal.SIGINT:
+        raise KeyboardInterrupt
+
+
+async def _serve(settings: Settings) -> int:
     host, port = settings.serve_host, settings.serve_port
     shown = f"[{host}]" if ":" in host else host
-
-    def listening(_: str) -> None:  # aiohttp calls this once every socket is bound
+    runner = web.AppRunner(await create_server_app(settings), handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
         log.info("server.listening", url=f"http://{shown}:{port}", host=host, port=port)
-
-    web.run_app(create_server_app(settings), host=host, port=port, print=listening)
+        return await stop_signal()
+    finally:
+        await runner.cleanup()
