@@ -5,7 +5,8 @@
 
 For each worker count (1 and 2 processes, default settings otherwise) and each layout (two lanes, and the
 same code with one lane: BULK_QUEUE set to TRANSFER_QUEUE), on a fresh ledger and queue:
-(a) an unpaced campaign of `--rows` jobs, once alone and once with a live transfer enqueued every second;
+(a) an unpaced campaign of `--rows` jobs (`--single-lane-rows` on one lane, if given), once alone and once
+    with a live transfer enqueued every second;
 (b) a campaign paced at `--rate` for `--paced-seconds`, with a live transfer every second.
 A live job's time is from just before its enqueue call to the emulator answering its first 202 (the
 emulator's request log, as bench/throughput.py reads it); a campaign's throughput is its jobs over its first
@@ -71,6 +72,7 @@ class Deployment:
 
     def __init__(self, args: argparse.Namespace, connection_string: str, folder: Path, workers: int, lanes: int):
         self.name = f"bench-lanes-{uuid.uuid4().hex[:8]}"
+        self.lanes = lanes
         self.folder = folder / self.name
         self.folder.mkdir(parents=True)
         self._admin = args.postgres_url
@@ -187,7 +189,8 @@ def throughput(calls: Sequence[str], answered: dict[str, float]) -> float:
 
 
 def unpaced(deployment: Deployment, emulator: Emulator, args: argparse.Namespace, live: bool) -> tuple[float, dict]:
-    calls = [f"u-{uuid.uuid4().hex[:12]}" for _ in range(args.rows)]
+    rows = args.rows if deployment.lanes == 2 else args.single_lane_rows or args.rows
+    calls = [f"u-{uuid.uuid4().hex[:12]}" for _ in range(rows)]
     emulator.reset(args.latency_ms)
     with contextlib.ExitStack() as stack:
         enqueued = stack.enter_context(live_traffic(deployment, args.live_every)) if live else {}
@@ -248,7 +251,8 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
         f"{'live p50 ms':>11} {'live p99 ms':>11}"
     )
     lines = [
-        f"unpaced campaign {args.rows} rows; paced {args.rate:g}/s for {args.paced_seconds:g} s; "
+        f"unpaced campaign {args.rows} rows (one lane: {args.single_lane_rows or args.rows}); "
+        f"paced {args.rate:g}/s for {args.paced_seconds:g} s; "
         f"live every {args.live_every:g} s; emulator latency {args.latency_ms:g} ms",
         "".ljust(14) + "| (a) unpaced campaign" + " " * 41 + "| (b) paced campaign",
         header,
@@ -277,6 +281,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--broker-url", default="amqp://guest:guest@127.0.0.1:5672//")
     parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/test")
     parser.add_argument("--rows", type=int, default=5000, help="the unpaced campaign's size")
+    parser.add_argument(
+        "--single-lane-rows", type=int, default=0, help="the campaign's size on one lane (0: --rows), to save time"
+    )
     parser.add_argument("--rate", type=float, default=20.0, help="the paced campaign's rate, per second")
     parser.add_argument("--paced-seconds", type=float, default=60.0, help="how long the paced campaign runs (0: skip)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker process counts to run")
