@@ -158,6 +158,10 @@ class Emulator:
     def requests(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/_emulator/requests")["requests"])
 
+    def requests_seen(self) -> int:
+        """How many requests arrived since the last reset: a cheap poll (no call has an empty id, so none is listed)."""
+        return int(self._call("GET", "/_emulator/requests?call=")["total"])
+
     def transfers(self) -> dict[str, Any]:
         return dict(self._call("GET", "/_emulator/transfers"))
 

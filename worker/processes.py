@@ -71,8 +71,10 @@ def spawn_worker(
     return _spawn(command, env, log_file)
 
 
-def spawn_emulator(env: Mapping[str, str], port: int, log_file: Path | None = None) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "worker.cli", "emulator", "--port", str(port)]
+def spawn_emulator(
+    env: Mapping[str, str], port: int, log_file: Path | None = None, *options: str
+) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "worker.cli", "emulator", "--port", str(port), *options]
     process = _spawn(command, env, log_file)
     wait_for_http(f"http://127.0.0.1:{port}/_emulator/health", process)
     return process

@@ -27,6 +27,13 @@ from worker.config import AcsCredentials
     help="Issue Microsoft Entra ID tokens to this client (repeatable); azure-identity needs --tls-cert for it.",
 )
 @click.option("--token-lifetime", default=3600, show_default=True, type=click.IntRange(min=1), help="Seconds.")
+@click.option(
+    "--max-logged-requests",
+    default=100_000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="How many requests GET /_emulator/requests keeps (the oldest go first).",
+)
 def emulator(
     host: str,
     port: int,
@@ -35,6 +42,7 @@ def emulator(
     faults_file: Any,
     entra_clients: tuple[str, ...],
     token_lifetime: int,
+    max_logged_requests: int,
 ) -> None:
     """Run the local ACS emulator, verifying signatures with the key in ACS_CONNECTION_STRING (without it, with a
     key made for this run, printed as the connection string to use) and the Microsoft Entra ID tokens it issues
@@ -72,8 +80,9 @@ def emulator(
     entra = EntraConfig(clients=clients, token_lifetime=token_lifetime)
     if clients:
         click.echo(f"Microsoft Entra ID authority {reachable}, tenant {entra.tenant_id}", err=True)
+    emulation = EmulatorConfig(access_key=key, faults=faults, entra=entra, max_logged_requests=max_logged_requests)
     try:
-        run_emulator(EmulatorConfig(access_key=key, faults=faults, entra=entra), host, port, ssl_context=context)
+        run_emulator(emulation, host, port, ssl_context=context)
     except OSError as error:
         if error.errno not in LISTEN_ERRORS:
             raise
