@@ -3,17 +3,24 @@ fresh folder), take a newcomer from nothing to a `transferred` job."""
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import re
+import secrets
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import kombu
 import pytest
 
-from worker.config import ENVIRONMENT
+from worker.config import ENVIRONMENT, Settings
+from worker.emulator.config import DEFAULT_RESOURCE_ID
 from worker.processes import free_port, stop, wait_for_http
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -101,3 +108,138 @@ def test_local_acs_section_reaches_a_transferred_job(
         time.sleep(0.5)
         shown = run(status.replace("JOB_ID", job_id), exports)
     assert all(process.poll() is None for process in started), f"a process exited; logs in {tmp_path}"
+
+
+def _wait_for_event(log: Path, event: str, process: subprocess.Popen[bytes], timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        for line in log.read_text().splitlines():
+            if line.startswith("{") and json.loads(line).get("event") == event:
+                return dict(json.loads(line))
+        assert process.poll() is None, f"exited with {process.returncode}: {log.read_text()[-2000:]}"
+        assert time.monotonic() < deadline, f"no {event} within {timeout:.0f} s: {log.read_text()[-2000:]}"
+        time.sleep(0.2)
+
+
+def test_running_workers_block_runs_as_written(
+    tmp_path: Path, shell: tuple[dict[str, str], list[subprocess.Popen[bytes]]], rabbitmq_url: str
+) -> None:
+    """Both lines, on one host and broker: the second worker starts beside the first with the name and
+    concurrency it was given."""
+    env, started = shell
+    queue = f"acs-readme-{secrets.token_hex(4)}"
+    env.update(
+        CELERY_BROKER_URL=rabbitmq_url,
+        TRANSFER_QUEUE=queue,
+        ACS_CONNECTION_STRING=f"endpoint=http://127.0.0.1:9/;accesskey={base64.b64encode(b'k' * 32).decode()}",
+        LOG_LEVEL="INFO",
+    )
+    (block,) = command_blocks(section("Running workers"))
+    assert [line.split()[:4] for line in block] == [["celery", "-A", "worker", "worker"]] * 2
+    ready = []
+    try:
+        for number, command in enumerate(block):
+            log = tmp_path / f"worker{number}.log"
+            with log.open("wb") as output:
+                process = subprocess.Popen(
+                    ["bash", "-c", f"exec {command}"],
+                    cwd=tmp_path,
+                    env=env,
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            started.append(process)
+            ready.append(_wait_for_event(log, "worker.ready", process))
+        time.sleep(1)  # a clash of names would stop one of them now
+        assert all(process.poll() is None for process in started), f"a worker exited; logs in {tmp_path}"
+    finally:
+        with kombu.Connection(rabbitmq_url) as connection:
+            for name in (queue, f"{queue}.bulk"):
+                kombu.Queue(name, queue_arguments={"x-queue-type": "quorum"})(connection.default_channel).delete()
+    host = socket.gethostname()
+    assert ready[1]["node"] == f"worker2@{host}" != ready[0]["node"]
+    assert ready[1]["concurrency"] == 32
+    assert ready[0]["concurrency"] == Settings().worker_concurrency
+
+
+def test_http_intake_block_runs_as_written(
+    tmp_path: Path, shell: tuple[dict[str, str], list[subprocess.Popen[bytes]]]
+) -> None:
+    """The curl line, against `acs-transfer serve` on the embedded defaults, makes a job."""
+    env, started = shell
+    port = str(free_port())
+    token = secrets.token_urlsafe(24)
+    env.update(
+        INTAKE_TOKENS=token,
+        SERVE_PORT=port,
+        ACS_CONNECTION_STRING=f"endpoint=http://127.0.0.1:9/;accesskey={base64.b64encode(b'k' * 32).decode()}",
+        TOKEN=token,
+        # As the Local ACS section's emulator printed them: serve verifies outcome events too.
+        ACS_RESOURCE_ID=DEFAULT_RESOURCE_ID,
+        CALLBACK_JWKS_URL="http://127.0.0.1:9/calling/keys",
+    )
+    (block,) = command_blocks(section("Over HTTP"))
+    (curl,) = [" ".join(line.rstrip("\\").strip() for line in block)]
+    assert curl.startswith("curl ")
+    with (tmp_path / "serve.log").open("wb") as log:
+        serve = subprocess.Popen(
+            ["acs-transfer", "serve"],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # `stop` signals the process group
+        )
+    started.append(serve)
+    wait_for_http(f"http://127.0.0.1:{port}/healthz", serve)
+
+    def post() -> dict[str, Any]:
+        done = subprocess.run(
+            ["bash", "-c", curl.replace("8080", port)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        return dict(json.loads(done.stdout))
+
+    job = post()
+    assert job["state"] == "queued", job
+    assert post()["job_id"] == job["job_id"]  # the same Idempotency-Key again is the same job
+
+
+#: a project command and the plain words after it that name a subcommand
+SHOWN = re.compile(r"(?:acs-transfer|celery -A worker|python -m bench\.\w+)(?: [a-z][a-z-]*(?=\s|$))*")
+
+
+def test_every_option_the_readme_shows_exists() -> None:
+    """The synopsis lines cannot run as written (they show alternatives in brackets), so each command they name
+    must exist and each option they show must be one it takes."""
+    shown = []
+    for block in re.findall(r"```sh\n(.*?)```", README.read_text(), re.DOTALL):
+        for line in block.replace("\\\n", " ").splitlines():
+            code = line.split("  #")[0]
+            found = SHOWN.search(code)
+            if found and not code.lstrip().startswith("docker "):
+                shown.append((found.group(0), code[found.end() :]))
+    assert len(shown) >= 10, shown
+    helps: dict[str, str] = {}
+    for name, rest in shown:
+        if name not in helps:
+            words = name.split()
+            command = (
+                [sys.executable, *words[1:]]
+                if words[0] == "python"
+                else [f"{Path(sys.executable).parent}/{words[0]}", *words[1:]]
+            )
+            done = subprocess.run(
+                [*command, "--help"], cwd=README.parent, capture_output=True, text=True, timeout=60, check=False
+            )
+            assert done.returncode == 0, f"{name} --help: {done.stderr[-1500:]}"
+            helps[name] = done.stdout
+        for option in re.findall(r"(?<![\w-])(--?[a-zA-Z][\w-]*)", rest):
+            assert re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", helps[name]), f"{name} has no {option}"
