@@ -27,6 +27,7 @@ from worker.ledger import (
     op_events,
     op_get,
     op_prune,
+    op_record_answer,
     op_start_attempt,
     op_take_lease,
     op_transition,
@@ -292,6 +293,63 @@ def test_statements_by_id_find_their_job_by_primary_key_in_any_plan(postgres_url
                 connection.execute("DEALLOCATE probe")
             assert "jobs_pkey" in plan, f"{statement}\n{plan}"
     ledger.close()
+
+
+def test_an_answer_to_its_sender_is_written_without_reading_the_job_first(postgres_url: str) -> None:
+    """The common answer (the sender still holds the job) is one conditional UPDATE: no row lock taken by a read
+    first. Any other answer still reads the job under its lock and gets the general rules (here: a late 202 for
+    a job another worker took over is recorded, with who held it)."""
+    ledger = SyncLedger(postgres_url)
+    sent: list[str] = []
+
+    def capture(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        sent.append(statement)
+
+    sa.event.listen(ledger._engine, "before_cursor_execute", capture)
+    try:
+        mine, taken_over = (job for job, _ in ledger.create_jobs([_job("answer-1"), _job("answer-2")]))
+        for job in (mine, taken_over):
+            assert ledger.run(op_claim, job.id, "w", 1.0, 2.0, 1) is not None
+        assert ledger.run(op_claim, taken_over.id, "v", 3.0, 4.0) is not None  # w's lease ran out
+        sent.clear()
+        recorded = ledger.run(
+            op_record_answer,
+            mine.id,
+            mine.request_id,
+            "w",
+            State.ACCEPTED,
+            3.0,
+            status=202,
+            error=None,
+            message="202 Accepted",
+            detail="accepted by ACS",
+        )
+        assert recorded is not None
+        assert recorded[1] == State.SENDING
+        assert recorded[0].state == State.ACCEPTED
+        assert recorded[0].accepted_at == 3.0
+        assert not [statement for statement in sent if "FOR UPDATE" in statement], sent
+        sent.clear()
+        late = ledger.run(
+            op_record_answer,
+            taken_over.id,
+            taken_over.request_id,
+            "w",
+            State.ACCEPTED,
+            5.0,
+            status=202,
+            error=None,
+            message="202 Accepted",
+            detail="accepted by ACS",
+        )
+        assert [statement for statement in sent if "FOR UPDATE" in statement]
+        assert late is not None
+        assert late[0].state == State.ACCEPTED
+        assert "after the job was sending held by v" in (late[0].reason or "")
+    finally:
+        sa.event.remove(ledger._engine, "before_cursor_execute", capture)
+        ledger.close()
+    assert [event.to_state for event in SyncLedger(postgres_url).events(mine.id)][-1] == State.ACCEPTED
 
 
 def _numbered(statement: str) -> tuple[str, list[str]]:

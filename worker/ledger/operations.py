@@ -375,6 +375,21 @@ _SELECT_JOB_FOR_ANSWER = (
 #: states a definite answer may still settle: held (by its worker, or by another after that one stalled past its
 #: lease), or given up on as unknown or dead. Never accepted or final.
 _ANSWERABLE = HELD_STATES | {State.UNKNOWN, State.DEAD}
+# The common case in one statement: the answer reached the worker that sent it, which still holds the job, and a
+# 4xx follows no attempt of unknown effect. It moves the job as the general path below would, without reading
+# it first.
+_ANSWER_TO_SENDER = (
+    jobs.update()
+    .where(
+        jobs.c.id == _bp("p_id"),
+        jobs.c.request_id == _bp("p_request_id"),
+        jobs.c.worker == _bp("p_worker"),
+        unindexed_state == State.SENDING,
+    )
+    .values(**_TRANSITION_VALUES)
+    .returning(*jobs.c)
+)
+_DEFINITE_ANSWER_TO_SENDER = _ANSWER_TO_SENDER.where(jobs.c.effect_unknown.is_(None))
 
 
 def op_record_answer(
@@ -398,6 +413,28 @@ def op_record_answer(
     an attempt whose effect is unknown proves nothing (ACS executes a request again after a 5xx, and a call that
     already moved answers 404): the job becomes unknown with both answers in its reason (an unknown or dead job
     stays as it is, the answer added to its history)."""
+    if to_state in (State.ACCEPTED, State.FAILED):
+        params = {
+            "p_id": job_id,
+            "p_request_id": request_id,
+            "p_worker": worker,
+            "p_to": to_state,
+            "p_lease": None,
+            "p_now": now,
+            "p_status": status,
+            "p_error": error,
+            "p_message": message,
+            "p_accepted_at": now if to_state == State.ACCEPTED else None,
+            "p_reason": detail,
+            "p_settled_at": now if to_state in FINAL_STATES else None,
+            "p_effect_unknown": None,
+        }
+        statement = _ANSWER_TO_SENDER if to_state == State.ACCEPTED else _DEFINITE_ANSWER_TO_SENDER
+        row = connection.execute(statement, params).first()
+        if row is not None:
+            job = Job.from_row(row)
+            _event(connection, job_id, now, State.SENDING, to_state, job.attempts, status, detail)
+            return job, State.SENDING
     row = connection.execute(_SELECT_JOB_FOR_ANSWER, {"p_id": job_id, "p_request_id": request_id}).first()
     if row is None:
         return None
