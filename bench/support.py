@@ -227,10 +227,12 @@ def wait_until(check: Any, timeout: float, interval: float, what: str) -> None:
 class Profiler:
     """py-spy recording one process until `stop`; its output is collapsed stacks ("a;b;c count" lines)."""
 
-    def __init__(self, pid: int, output: Path, rate: int, gil_only: bool = False) -> None:
-        self.output = output
-        command = ["py-spy", "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw"]
-        command += ["--output", str(output), "--threads"]
+    def __init__(self, pid: int, output: Path, rate: int, gil_only: bool = False, flamegraph: bool = False) -> None:
+        """`flamegraph`: an SVG flame graph at `output` (with .svg) instead of collapsed stacks."""
+        self.output = output.with_suffix(".svg") if flamegraph else output
+        fmt = "flamegraph" if flamegraph else "raw"
+        command = ["py-spy", "record", "--pid", str(pid), "--rate", str(rate), "--format", fmt]
+        command += ["--output", str(self.output), "--threads"]
         command.append("--nonblocking")  # never pause the worker being timed
         if gil_only:
             command.append("--gil")

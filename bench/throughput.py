@@ -448,12 +448,14 @@ def _rounded(value: float | None) -> float | None:
 
 
 @contextlib.contextmanager
-def profiling(pids: Sequence[int], folder: Path | None, label: str, rate: int, gil_only: bool) -> Iterator[list[Path]]:
+def profiling(
+    pids: Sequence[int], folder: Path | None, label: str, rate: int, gil_only: bool, flamegraph: bool
+) -> Iterator[list[Path]]:
     if folder is None:
         yield []
         return
     folder.mkdir(parents=True, exist_ok=True)
-    profilers = [Profiler(pid, folder / f"{label}-{pid}.txt", rate, gil_only) for pid in pids]
+    profilers = [Profiler(pid, folder / f"{label}-{pid}.txt", rate, gil_only, flamegraph) for pid in pids]
     try:
         time.sleep(0.5)  # let py-spy attach before the load starts
         yield [profiler.output for profiler in profilers]
@@ -508,7 +510,9 @@ class Run:
             with (
                 Sampler(pgids) as memory,
                 Sampler([self.emulator.process.pid]) as emulator_usage,
-                profiling(pgids, profile_to, label, args.py_spy_rate, args.py_spy_gil) as profiles,
+                profiling(
+                    pgids, profile_to, label, args.py_spy_rate, args.py_spy_gil, args.py_spy_flamegraph
+                ) as profiles,
             ):
                 batch = run_batch(mode, calls, "measure", args.producers, args.timeout)
             requests = self.emulator.requests()
@@ -521,7 +525,7 @@ class Run:
             if isinstance(mode, OursMode):
                 result.extra["ledger_states"] = mode.states("measure")
                 result.extra["calls_transferred_twice"] = len(self.emulator.transfers()["callsWithMoreThanOneEffect"])
-                if profiles:
+                if profiles and not args.py_spy_flamegraph:
                     self.profile[label] = summarize_profile(profiles)
                 if args.sequential:
                     self.low_load.append(self.sequential_ours(mode, latency_ms))
@@ -852,6 +856,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--py-spy-rate", type=int, default=20, help="samples/s (20: more falls behind on a saturated 2-core box)"
     )
     parser.add_argument("--py-spy-gil", action="store_true", help="with --py-spy: only samples holding the GIL")
+    parser.add_argument(
+        "--py-spy-flamegraph", action="store_true", help="with --py-spy: an SVG flame graph per worker, no summary"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the working folder (logs) afterwards")
     args = parser.parse_args(argv)
     pools = dict(DEFAULT_POOLS)
