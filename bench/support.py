@@ -225,7 +225,8 @@ def wait_until(check: Any, timeout: float, interval: float, what: str) -> None:
 
 
 class Profiler:
-    """py-spy recording one process until `stop`; its output is collapsed stacks ("a;b;c count" lines)."""
+    """py-spy recording one process until `stop`; its output is collapsed stacks ("a;b;c count" lines), or an
+    SVG flame graph."""
 
     def __init__(self, pid: int, output: Path, rate: int, gil_only: bool = False, flamegraph: bool = False) -> None:
         """`flamegraph`: an SVG flame graph at `output` (with .svg) instead of collapsed stacks."""

@@ -868,6 +868,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error(f"--pool {item}: MODE is one of {', '.join(pools)}")
         pools[name] = Pool.parse(pool)
     args.pools = pools
+    if args.py_spy_flamegraph and args.py_spy is None:
+        parser.error("--py-spy-flamegraph needs --py-spy DIR")
     if args.jobs < 1 or args.processes < 1 or args.producers < 1 or args.warmup < 1:
         parser.error("--jobs, --processes, --producers and --warmup must be at least 1")
     return args

@@ -328,6 +328,7 @@ def test_an_answer_to_its_sender_is_written_without_reading_the_job_first(postgr
         assert recorded[1] == State.SENDING
         assert recorded[0].state == State.ACCEPTED
         assert recorded[0].accepted_at == 3.0
+        assert (recorded[0].reason, recorded[0].last_status, recorded[0].settled_at) == ("accepted by ACS", 202, None)
         assert not [statement for statement in sent if "FOR UPDATE" in statement], sent
         sent.clear()
         late = ledger.run(
@@ -346,10 +347,16 @@ def test_an_answer_to_its_sender_is_written_without_reading_the_job_first(postgr
         assert late is not None
         assert late[0].state == State.ACCEPTED
         assert "after the job was sending held by v" in (late[0].reason or "")
+        last = ledger.events(mine.id)[-1]
+        assert (last.from_state, last.to_state, last.status, last.detail) == (
+            State.SENDING,
+            State.ACCEPTED,
+            202,
+            "accepted by ACS",
+        )
     finally:
         sa.event.remove(ledger._engine, "before_cursor_execute", capture)
         ledger.close()
-    assert [event.to_state for event in SyncLedger(postgres_url).events(mine.id)][-1] == State.ACCEPTED
 
 
 def _numbered(statement: str) -> tuple[str, list[str]]:

@@ -1,5 +1,6 @@
-"""The README's "Local ACS" section works by copy-paste: its command blocks, run as written (on free ports, in a
-fresh folder), take a newcomer from nothing to a `transferred` job."""
+"""The README's command blocks work by copy-paste: run as written (on free ports, in a fresh folder) they take a
+newcomer from nothing to a `transferred` job, start two workers side by side and take a transfer over HTTP; the
+synopsis lines name only commands and options that exist."""
 
 from __future__ import annotations
 
@@ -113,9 +114,13 @@ def test_local_acs_section_reaches_a_transferred_job(
 def _wait_for_event(log: Path, event: str, process: subprocess.Popen[bytes], timeout: float = 60) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
-        for line in log.read_text().splitlines():
-            if line.startswith("{") and json.loads(line).get("event") == event:
-                return dict(json.loads(line))
+        for line in log.read_text().splitlines(keepends=True):
+            try:  # the last line may be half written
+                fields = json.loads(line) if line.startswith("{") and line.endswith("\n") else {}
+            except ValueError:
+                continue
+            if fields.get("event") == event:
+                return dict(fields)
         assert process.poll() is None, f"exited with {process.returncode}: {log.read_text()[-2000:]}"
         assert time.monotonic() < deadline, f"no {event} within {timeout:.0f} s: {log.read_text()[-2000:]}"
         time.sleep(0.2)
@@ -125,7 +130,8 @@ def test_running_workers_block_runs_as_written(
     tmp_path: Path, shell: tuple[dict[str, str], list[subprocess.Popen[bytes]]], rabbitmq_url: str
 ) -> None:
     """Both lines, on one host and broker: the second worker starts beside the first with the name and
-    concurrency it was given."""
+    concurrency it was given. As written they use the node names celery@host and worker2@host, so no other
+    worker on this broker may have either."""
     env, started = shell
     queue = f"acs-readme-{secrets.token_hex(4)}"
     env.update(
@@ -151,9 +157,10 @@ def test_running_workers_block_runs_as_written(
                 )
             started.append(process)
             ready.append(_wait_for_event(log, "worker.ready", process))
-        time.sleep(1)  # a clash of names would stop one of them now
         assert all(process.poll() is None for process in started), f"a worker exited; logs in {tmp_path}"
     finally:
+        for process in started:  # before their queues go, or they would declare them again
+            stop(process)
         with kombu.Connection(rabbitmq_url) as connection:
             for name in (queue, f"{queue}.bulk"):
                 kombu.Queue(name, queue_arguments={"x-queue-type": "quorum"})(connection.default_channel).delete()

@@ -385,6 +385,7 @@ _ANSWER_TO_SENDER = (
         jobs.c.request_id == _bp("p_request_id"),
         jobs.c.worker == _bp("p_worker"),
         unindexed_state == State.SENDING,
+        jobs.c.settled_at.is_(None),  # never true of a held job; if it were, the general path clears it
     )
     .values(**_TRANSITION_VALUES)
     .returning(*jobs.c)
@@ -425,7 +426,7 @@ def op_record_answer(
             "p_error": error,
             "p_message": message,
             "p_accepted_at": now if to_state == State.ACCEPTED else None,
-            "p_reason": detail,
+            "p_reason": detail or message,
             "p_settled_at": now if to_state in FINAL_STATES else None,
             "p_effect_unknown": None,
         }
@@ -433,7 +434,7 @@ def op_record_answer(
         row = connection.execute(statement, params).first()
         if row is not None:
             job = Job.from_row(row)
-            _event(connection, job_id, now, State.SENDING, to_state, job.attempts, status, detail)
+            _event(connection, job_id, now, State.SENDING, to_state, job.attempts, status, detail or message)
             return job, State.SENDING
     row = connection.execute(_SELECT_JOB_FOR_ANSWER, {"p_id": job_id, "p_request_id": request_id}).first()
     if row is None:
