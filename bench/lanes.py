@@ -322,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Keep every request of the largest phase (campaign, live calls and retries): the audit reads them all.
         logged = str(max(100_000, 3 * max(args.rows, args.single_lane_rows, int(args.rate * args.paced_seconds))))
         emulator = Emulator(
-            spawn_emulator(env, port, folder / "emulator.log", "--max-logged-requests", logged),
+            spawn_emulator(env, port, folder / "emulator.log", ["--max-logged-requests", logged]),
             f"http://127.0.0.1:{port}",
         )
         results = measure(args, emulator, connection_string, folder)

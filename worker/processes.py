@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 #: how a server is asked to stop: SIGTERM by a supervisor (a clean stop), SIGINT by Ctrl-C (an interruption)
@@ -72,7 +72,7 @@ def spawn_worker(
 
 
 def spawn_emulator(
-    env: Mapping[str, str], port: int, log_file: Path | None = None, *options: str
+    env: Mapping[str, str], port: int, log_file: Path | None = None, options: Sequence[str] = ()
 ) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "worker.cli", "emulator", "--port", str(port), *options]
     process = _spawn(command, env, log_file)

@@ -327,6 +327,33 @@ def op_start_attempt(
     return Job.from_row(row)
 
 
+def _transition_params(
+    job_id: str,
+    to_state: str,
+    now: float,
+    lease_until: float | None,
+    status: int | None,
+    error: str | None,
+    message: str | None,
+    detail: str | None,
+    effect_unknown: str | None,
+) -> dict[str, Any]:
+    """The values of `_TRANSITION_VALUES` for a move to `to_state`."""
+    return {
+        "p_id": job_id,
+        "p_to": to_state,
+        "p_lease": lease_until,
+        "p_now": now,
+        "p_status": status,
+        "p_error": error,
+        "p_message": message,
+        "p_accepted_at": now if to_state == State.ACCEPTED else None,
+        "p_reason": detail or message,
+        "p_settled_at": now if to_state in FINAL_STATES else None,
+        "p_effect_unknown": effect_unknown,
+    }
+
+
 def op_transition(
     connection: Connection,
     job_id: str,
@@ -346,21 +373,8 @@ def op_transition(
     The last answer (status, error, message) is kept unless new values are given; `detail` says why the job
     is where it is now and is kept as its reason. `effect_unknown` names an answer that left the attempt's
     effect unknown (the first one is kept)."""
-    params = {
-        "p_id": job_id,
-        "p_from": from_state,
-        "p_worker": worker,
-        "p_to": to_state,
-        "p_lease": lease_until,
-        "p_now": now,
-        "p_status": status,
-        "p_error": error,
-        "p_message": message,
-        "p_accepted_at": now if to_state == State.ACCEPTED else None,
-        "p_reason": detail or message,
-        "p_settled_at": now if to_state in FINAL_STATES else None,
-        "p_effect_unknown": effect_unknown,
-    }
+    params = _transition_params(job_id, to_state, now, lease_until, status, error, message, detail, effect_unknown)
+    params.update(p_from=from_state, p_worker=worker)
     row = connection.execute(_TRANSITION if worker is None else _TRANSITION_HELD, params).first()
     if row is None:
         return None
@@ -415,21 +429,8 @@ def op_record_answer(
     already moved answers 404): the job becomes unknown with both answers in its reason (an unknown or dead job
     stays as it is, the answer added to its history)."""
     if to_state in (State.ACCEPTED, State.FAILED):
-        params = {
-            "p_id": job_id,
-            "p_request_id": request_id,
-            "p_worker": worker,
-            "p_to": to_state,
-            "p_lease": None,
-            "p_now": now,
-            "p_status": status,
-            "p_error": error,
-            "p_message": message,
-            "p_accepted_at": now if to_state == State.ACCEPTED else None,
-            "p_reason": detail or message,
-            "p_settled_at": now if to_state in FINAL_STATES else None,
-            "p_effect_unknown": None,
-        }
+        params = _transition_params(job_id, to_state, now, None, status, error, message, detail, None)
+        params.update(p_request_id=request_id, p_worker=worker)
         statement = _ANSWER_TO_SENDER if to_state == State.ACCEPTED else _DEFINITE_ANSWER_TO_SENDER
         row = connection.execute(statement, params).first()
         if row is not None:
