@@ -12,19 +12,15 @@ threads, which run in its process. docs/performance.md shows what the figures me
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import re
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench.support import ROOT
+from bench.support import ROOT, cpu_seconds, requests_seen
 
-TICKS = os.sysconf("SC_CLK_TCK")
 #: (part, test on the process's name and command line), first match wins
 PARTS: tuple[tuple[str, Callable[[str, str], bool]], ...] = (
     ("postgresql", lambda name, command: name == "postgres"),
@@ -43,14 +39,11 @@ def processes() -> dict[int, tuple[str, float, str]]:
             continue
         try:
             command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            stat = (entry / "stat").read_text()
+            name = (entry / "comm").read_text().strip()
         except OSError:
             continue  # it ended meanwhile
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2 :].split()
-        cpu = (int(fields[11]) + int(fields[12])) / TICKS
         part = next((part for part, test in PARTS if test(name, command)), "other")
-        found[int(entry.name)] = (part, cpu, command)
+        found[int(entry.name)] = (part, cpu_seconds(int(entry.name)), command)
     return found
 
 
@@ -59,10 +52,8 @@ def answered(snapshot: dict[int, tuple[str, float, str]]) -> tuple[str, int] | N
     for part, _, command in snapshot.values():
         port = re.search(r"--port (\d+)", command)
         if part == "emulator" and port:
-            url = f"http://127.0.0.1:{port.group(1)}/_emulator/requests?call="  # no call has an empty id
             try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    return port.group(1), int(json.load(response)["total"])
+                return port.group(1), requests_seen(f"http://127.0.0.1:{port.group(1)}")
             except OSError:
                 return None
     return None

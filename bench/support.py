@@ -135,6 +135,13 @@ class Sampler:
             self.sample()
 
 
+def requests_seen(url: str) -> int:
+    """How many requests the emulator at `url` has had since its last reset: a cheap poll (no call has an empty
+    id, so the log it lists is empty)."""
+    with urllib.request.urlopen(f"{url}/_emulator/requests?call=", timeout=10) as response:
+        return int(json.load(response)["total"])
+
+
 class Emulator:
     """The emulator child process and its unauthenticated ``/_emulator/*`` endpoints."""
 
@@ -159,8 +166,7 @@ class Emulator:
         return list(self._call("GET", "/_emulator/requests")["requests"])
 
     def requests_seen(self) -> int:
-        """How many requests arrived since the last reset: a cheap poll (no call has an empty id, so none is listed)."""
-        return int(self._call("GET", "/_emulator/requests?call=")["total"])
+        return requests_seen(self.url)
 
     def transfers(self) -> dict[str, Any]:
         return dict(self._call("GET", "/_emulator/transfers"))

@@ -4,7 +4,6 @@ synopsis lines name only commands and options that exist."""
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
@@ -22,7 +21,7 @@ import pytest
 
 from worker.config import ENVIRONMENT, Settings
 from worker.emulator.config import DEFAULT_RESOURCE_ID
-from worker.processes import free_port, stop, wait_for_http
+from worker.processes import free_port, new_access_key, stop, wait_for_http
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 VARIABLES = {variable for variable, _ in ENVIRONMENT.values()}
@@ -52,6 +51,24 @@ def shell(tmp_path: Path) -> Iterator[tuple[dict[str, str], list[subprocess.Pope
         stop(process)
 
 
+def start(
+    script: str, env: dict[str, str], folder: Path, name: str, started: list[subprocess.Popen[bytes]]
+) -> subprocess.Popen[bytes]:
+    """Run a shell script in the background, in its own process group (which `stop` signals), logging to
+    `folder/name.log`."""
+    with (folder / f"{name}.log").open("wb") as log:
+        process = subprocess.Popen(
+            ["bash", "-c", script],
+            cwd=folder,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    started.append(process)
+    return process
+
+
 def test_local_acs_section_reaches_a_transferred_job(
     tmp_path: Path, shell: tuple[dict[str, str], list[subprocess.Popen[bytes]]]
 ) -> None:
@@ -66,18 +83,7 @@ def test_local_acs_section_reaches_a_transferred_job(
     assert [block[-1].split()[:2] for block in blocks[1:3]] == [["acs-transfer", "serve"], ["celery", "-A"]]
 
     def background(command: str, exports: list[str], name: str) -> subprocess.Popen[bytes]:
-        script = "; ".join([*exports, f"exec {command}"])
-        with (tmp_path / f"{name}.log").open("wb") as log:
-            process = subprocess.Popen(
-                ["bash", "-c", script],
-                cwd=tmp_path,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        started.append(process)
-        return process
+        return start("; ".join([*exports, f"exec {command}"]), env, tmp_path, name, started)
 
     def run(command: str, exports: list[str]) -> str:
         script = "; ".join([*exports, command])
@@ -137,7 +143,7 @@ def test_running_workers_block_runs_as_written(
     env.update(
         CELERY_BROKER_URL=rabbitmq_url,
         TRANSFER_QUEUE=queue,
-        ACS_CONNECTION_STRING=f"endpoint=http://127.0.0.1:9/;accesskey={base64.b64encode(b'k' * 32).decode()}",
+        ACS_CONNECTION_STRING=f"endpoint=http://127.0.0.1:9/;accesskey={new_access_key()}",
         LOG_LEVEL="INFO",
     )
     (block,) = command_blocks(section("Running workers"))
@@ -145,18 +151,8 @@ def test_running_workers_block_runs_as_written(
     ready = []
     try:
         for number, command in enumerate(block):
-            log = tmp_path / f"worker{number}.log"
-            with log.open("wb") as output:
-                process = subprocess.Popen(
-                    ["bash", "-c", f"exec {command}"],
-                    cwd=tmp_path,
-                    env=env,
-                    stdout=output,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            started.append(process)
-            ready.append(_wait_for_event(log, "worker.ready", process))
+            process = start(f"exec {command}", env, tmp_path, f"worker{number}", started)
+            ready.append(_wait_for_event(tmp_path / f"worker{number}.log", "worker.ready", process))
         assert all(process.poll() is None for process in started), f"a worker exited; logs in {tmp_path}"
     finally:
         for process in started:  # before their queues go, or they would declare them again
@@ -180,7 +176,7 @@ def test_http_intake_block_runs_as_written(
     env.update(
         INTAKE_TOKENS=token,
         SERVE_PORT=port,
-        ACS_CONNECTION_STRING=f"endpoint=http://127.0.0.1:9/;accesskey={base64.b64encode(b'k' * 32).decode()}",
+        ACS_CONNECTION_STRING=f"endpoint=http://127.0.0.1:9/;accesskey={new_access_key()}",
         TOKEN=token,
         # As the Local ACS section's emulator printed them: serve verifies outcome events too.
         ACS_RESOURCE_ID=DEFAULT_RESOURCE_ID,
@@ -189,16 +185,7 @@ def test_http_intake_block_runs_as_written(
     (block,) = command_blocks(section("Over HTTP"))
     (curl,) = [" ".join(line.rstrip("\\").strip() for line in block)]
     assert curl.startswith("curl ")
-    with (tmp_path / "serve.log").open("wb") as log:
-        serve = subprocess.Popen(
-            ["acs-transfer", "serve"],
-            cwd=tmp_path,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # `stop` signals the process group
-        )
-    started.append(serve)
+    serve = start("exec acs-transfer serve", env, tmp_path, "serve", started)
     wait_for_http(f"http://127.0.0.1:{port}/healthz", serve)
 
     def post() -> dict[str, Any]:
