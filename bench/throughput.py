@@ -307,7 +307,7 @@ class OursMode(QueuedMode):
             queue=self.queue,
             worker_concurrency=concurrency or defaults.worker_concurrency,
         )
-        self.pool = f"threads x{self.settings.worker_concurrency}"
+        self.pool = f"loop x{self.settings.worker_concurrency}"  # each message runs on the process's event loop
         try:
             self.producer = Producer(self.settings)
         except BaseException:

@@ -1,10 +1,13 @@
-"""The ledger when its database fails: a dropped connection surfaces as itself (and is retried), the task retries
-every database error instead of acknowledging its message away, and SQLite keeps its commits across power loss."""
+"""The ledger when its database fails: a dropped connection surfaces as itself (and is retried), the worker waits
+out every database error instead of acknowledging its message away (and gives the message back when it stops),
+and SQLite keeps its commits across power loss."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import sqlite3
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +21,7 @@ from sqlalchemy.engine import Connection
 from tests.services import PrivatePostgres
 from tests.stack import Stack, celery_message, publish_raw
 from worker.ledger import LEDGER_ERRORS, Ledger, State, SyncLedger, op_get
+from worker.processes import stop
 
 
 def _terminated_mid_transaction(admin_url: str, times: int) -> Callable[[Connection], int]:
@@ -89,13 +93,10 @@ async def test_sqlite_connections_keep_commits_across_power_loss(sqlite_url: str
         ConnectionRefusedError,
     ],
 )
-def test_the_task_retries_its_message_on_every_database_error(error: type[Exception]) -> None:
-    from worker.deliver.tasks import transfer  # noqa: PLC0415 - registers the task on the app
+def test_the_worker_waits_out_every_database_error_with_the_message_unacknowledged(error: type[Exception]) -> None:
+    from worker.deliver.strategy import INFRASTRUCTURE_ERRORS  # noqa: PLC0415
 
-    assert issubclass(error, transfer.autoretry_for)
-    assert transfer.max_retries is None  # never acknowledged away
-    assert transfer.retry_backoff
-    assert transfer.retry_jitter
+    assert issubclass(error, INFRASTRUCTURE_ERRORS)
 
 
 async def test_a_worker_retries_a_message_through_a_ledger_outage(make_stack: Callable[..., Any]) -> None:
@@ -118,5 +119,35 @@ async def test_a_worker_retries_a_message_through_a_ledger_outage(make_stack: Ca
         assert job.state == State.ACCEPTED
         await asyncio.sleep(1.0)
         assert len(stack.requests_for("call-during")) == 1
+    finally:
+        database.remove()
+
+
+async def test_a_worker_stopped_during_a_ledger_outage_gives_the_waiting_message_back(
+    make_stack: Callable[..., Any],
+) -> None:
+    # The job exists only in its message (a raw producer's): acknowledged away, it would be lost for good.
+    database = PrivatePostgres()
+    try:
+        database.start()
+        stack: Stack = await make_stack("rabbitmq", "sqlite", ledger_url=database.url)
+        worker = stack.start_worker()
+        stack.enqueue("call-before")
+        await stack.wait_for(lambda: stack.emulator.state.effects.effects_for_call("call-before") == 1, "a first job")
+        database.stop()
+        task_id = str(uuid.uuid4())
+        request = {"callConnectionId": "call-outage", "targetParticipant": "4:+15551234567"}
+        publish_raw(stack.settings, [celery_message(task_id, {"request": request})])
+        await stack.wait_for(lambda: '"task.infrastructure_error"' in stack.logs(), "the message to meet the outage")
+        started = time.monotonic()
+        code = await asyncio.to_thread(stop, worker, 30, signal.SIGTERM)
+        took = time.monotonic() - started
+        assert code == 0, stack.logs()[-3000:]
+        assert took < 10, f"the worker kept waiting on the outage for {took:.1f}s after SIGTERM"
+        database.start()
+        stack.start_worker()
+        await stack.wait_for(lambda: stack.emulator.state.effects.effects_for_call("call-outage") == 1, "the job")
+        job = await stack.settled(task_id)
+        assert job.state == State.ACCEPTED
     finally:
         database.remove()

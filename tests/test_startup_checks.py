@@ -503,7 +503,7 @@ def test_prefork_is_refused_with_the_reason(tmp_path: Path) -> None:
         assert result.returncode == 1
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1, result.stderr
-        assert "is not supported: each worker process runs one event loop" in lines[0]
+        assert "is not supported: each worker process runs its jobs on one event loop" in lines[0]
 
 
 def _wait_for_line(path: Path, text: str, process: subprocess.Popen[bytes], timeout: float = 60) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +19,7 @@ from tests.stack import Stack, celery_message, publish_raw
 from worker.errors import ValidationError
 from worker.ledger import State, op_count_by_state, op_dead_messages, op_get
 from worker.processes import kill
+from worker.queue.app import create_app
 from worker.queue.broker import TASK_NAME
 from worker.request.models import job_id_for_key
 
@@ -144,3 +146,35 @@ async def test_retention_prunes_finished_jobs_and_keeps_waiting_ones(make_stack:
     assert stack.job(waiting).state == State.RETRY_WAIT
     assert stack.emulator.state.effects.total_effects == 10
     assert '"sweeper.pruned"' in stack.logs()
+
+
+async def test_task_events_show_every_job_message_to_flower(make_stack: Callable[..., Any]) -> None:
+    stack: Stack = await make_stack("rabbitmq", "postgresql", task_events=True)
+    app = create_app(stack.settings)
+    seen: list[dict[str, Any]] = []
+    connection = app.connection_for_read()
+    receiver = app.events.Receiver(connection, handlers={"*": seen.append})
+
+    def receive() -> None:
+        receiver.capture(limit=None, timeout=None, wakeup=False)  # until should_stop
+
+    listener = threading.Thread(target=receive, daemon=True)
+    listener.start()
+    stack.start_worker()
+    await stack.wait_for(lambda: any(e["type"].startswith("worker-") for e in seen), "the worker's first event")
+    job_ids = [stack.enqueue(f"call-event-{index}") for index in range(3)]
+    for job_id in job_ids:
+        assert (await stack.settled(job_id)).state == State.ACCEPTED
+
+    def kinds(job_id: str) -> list[str]:
+        return [e["type"] for e in seen if e.get("uuid") == job_id]
+
+    try:
+        await stack.wait_for(lambda: all("task-succeeded" in kinds(j) for j in job_ids), "every task's events")
+    finally:
+        receiver.should_stop = True
+        await asyncio.to_thread(listener.join, 10)
+        connection.release()
+    for job_id in job_ids:
+        assert kinds(job_id) == ["task-received", "task-started", "task-succeeded"], kinds(job_id)
+    assert all(e["name"] == TASK_NAME for e in seen if e["type"] == "task-received")

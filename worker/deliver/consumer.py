@@ -1,9 +1,11 @@
-"""A Celery consumer that records messages it cannot run (undecodable, unknown task, malformed) as dead
-messages in the ledger before acknowledging them, so a poison message is explained, never silently dropped."""
+"""A Celery consumer that runs job messages on the process's event loop (`worker.deliver.strategy`) and records
+messages it cannot run (undecodable, unknown task, malformed) as dead messages in the ledger before acknowledging
+them, so a poison message is explained, never silently dropped."""
 
 from __future__ import annotations
 
 import sys
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +15,7 @@ from kombu.exceptions import ContentDisallowed, DecodeError
 
 from worker.deliver.messages import record_dead_message
 from worker.deliver.runtime import get_runtime
+from worker.deliver.strategy import JobMessages
 from worker.logs import get_logger
 from worker.queue.broker import TASK_NAME, broker_kind
 
@@ -77,16 +80,37 @@ class RecordingConsumer(Consumer):
         strategies: Any = getattr(self, "strategies")  # noqa: B009 - not in celery-types
         for name in list(strategies):
             if name == TASK_NAME:
-                strategies[name] = self._guarded(strategies[name])
+                strategies[name] = self._guarded(self._job_messages())
             else:
                 # Celery's built-in tasks (celery.chord_unlock, celery.map, ...) are not ours to run for any
                 # producer: a message naming one is an unknown task, recorded like any other.
                 del strategies[name]
 
+    def _job_messages(self) -> JobMessages:
+        consumer: Any = self  # celery-types does not describe these
+        eventer = consumer.event_dispatcher
+        if eventer is None or not eventer.enabled:
+            return JobMessages(get_runtime(), consumer.connection_errors)
+
+        # Task events for Flower (TASK_EVENTS), sent from the consumer's thread like Celery's own. Through one
+        # queue: the consumer runs its pending callbacks in no set order, and a task's events must keep theirs.
+        pending: deque[tuple[str, dict[str, Any]]] = deque()
+
+        def flush() -> None:
+            while pending:
+                kind, fields = pending.popleft()
+                eventer.send(kind, **fields)
+
+        def send(*events: tuple[str, dict[str, Any]]) -> None:
+            pending.extend(events)
+            consumer.call_soon(flush)
+
+        return JobMessages(get_runtime(), consumer.connection_errors, send)
+
     def _guarded(self, strategy: Callable[..., Any]) -> Callable[..., Any]:
-        """Celery builds a task request from the message in the consumer itself: a task message whose body is
-        not ``[args, kwargs, embed]`` (``[1]``, ``"text"``) raised out of the consumer, killing the worker
-        process, and the unacknowledged message killed the next worker too. It is an invalid task message."""
+        """A strategy runs in the consumer itself: anything it raises on a message (a body that is not
+        ``[args, kwargs, embed]``, such as ``[1]`` or ``"text"``) would kill the worker process, and the
+        unacknowledged message the next worker too. It is an invalid task message."""
 
         def run(message: Any, body: Any, *args: Any, **kwargs: Any) -> Any:
             try:

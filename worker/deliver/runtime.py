@@ -1,8 +1,8 @@
 """The per-process runtime: one event loop thread, one aiohttp session, one ledger pool, one sweeper and one
 dispatcher (each doing work only while it holds its lease in the ledger).
 
-Celery's threads pool runs many tasks at once; each hands its coroutine to this loop and waits, so one process
-keeps many requests in flight over one connection pool. Created lazily after fork, never per task.
+Every job message runs on this loop (`worker.deliver.strategy`), so one process keeps many requests in flight
+over one connection pool. Created lazily after fork, never per message.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Coroutine
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -47,6 +47,9 @@ class Runtime:
         self._sweeper: asyncio.Task[None] | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._probes: web.AppRunner | None = None
+        #: set when the worker stops: jobs waiting on an outage give their messages back instead of waiting on
+        self.stopping = asyncio.Event()
+        self._jobs: set[Future[Any]] = set()
 
     def start(self, sweep: bool = True) -> None:
         self._thread.start()
@@ -104,6 +107,13 @@ class Runtime:
     def submit(self, coroutine: Coroutine[Any, Any, T]) -> Future[T]:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
 
+    def start_job(self, coroutine: Coroutine[Any, Any, T]) -> Future[T]:
+        """Run a job's coroutine on the loop; `stop` waits for it."""
+        future = self.submit(coroutine)
+        self._jobs.add(future)
+        future.add_done_callback(self._jobs.discard)
+        return future
+
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run a coroutine on the process's loop from any other thread and wait for its result."""
         return self.submit(coroutine).result()
@@ -125,6 +135,9 @@ class Runtime:
         if not self._thread.is_alive():
             return
         try:
+            # A warm shutdown: every job under way finishes first (a retry's back-off included).
+            self._loop.call_soon_threadsafe(self.stopping.set)
+            wait(list(self._jobs))
             self.run(self._close())
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)

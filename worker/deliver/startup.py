@@ -23,7 +23,7 @@ log = get_logger(__name__)
 #: whether this worker's lines are JSON, so Celery's printed banner and stop message become log events
 _json_lines = [False]
 
-#: pools a worker may run: one event loop per process, fed by threads (or, to debug, by the main thread alone)
+#: pools a worker may run: job messages run on the process's event loop whatever the pool; these two leave it be
 POOLS = ("threads", "solo")
 
 
@@ -52,8 +52,8 @@ def _checked_settings() -> Settings:
     pool = _pool_asked_for(sys.argv)
     if pool is not None and pool not in POOLS:
         _refuse(
-            f"-P {pool} is not supported: each worker process runs one event loop that the threads pool feeds "
-            "(the default; -c sets how many jobs it keeps in flight). For more cores run more worker processes, "
+            f"-P {pool} is not supported: each worker process runs its jobs on one event loop "
+            "(-c sets how many messages it takes at a time from each queue). For more cores run more worker processes, "
             "each with its own -n name."
         )
     return settings

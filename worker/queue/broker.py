@@ -98,7 +98,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "task_ignore_result": True,
         "result_backend": None,
-        # Many requests in flight per process: the threads pool feeds one shared event loop.
+        # Job messages run on the process's event loop (worker.deliver.strategy), not in the pool: the prefetch
+        # (concurrency x 1 per lane queue) is how many are in flight.
         "worker_pool": "threads",
         "worker_concurrency": settings.worker_concurrency,
         "worker_prefetch_multiplier": 1,
@@ -106,7 +107,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # The file-backed transport has no broadcast worth polling for; remote control needs a real broker.
         "worker_enable_remote_control": not embedded,
         # Task events let Flower show every task, at a price: three more messages per task, each waiting for the
-        # broker's confirm under the event dispatcher's lock, from every pool thread. Off unless asked for.
+        # broker's confirm under the event dispatcher's lock, from the consumer's thread. Off unless asked for.
         "worker_send_task_events": settings.task_events and not embedded,
         "task_send_sent_event": settings.task_events and not embedded,
         "task_default_queue": settings.queue,

@@ -1,0 +1,122 @@
+"""How a worker runs a job message: straight on its process's event loop, not through Celery's pool.
+
+Through the pool, each message would become a Celery request traced in a thread that hands the job to the loop
+and blocks until it is done: a thread hop each way and, with one thread per job in flight, GIL contention, most
+of a worker's CPU beyond the job's own work (docs/performance.md). Instead the consumer's strategy for the job
+task decodes the message and schedules its job on the loop; the message is acknowledged once the job's turn
+ends (late, as before). The broker's prefetch (WORKER_CONCURRENCY per lane queue) bounds how many run at once.
+
+An infrastructure failure (any ledger error, the network, no Entra ID token for ACS) is waited out in the worker
+with capped exponential backoff and full jitter, so that workers do not retry in lockstep after an outage; the
+message stays unacknowledged meanwhile and is never acknowledged away. A warm shutdown lets every job under way
+finish (retry back-offs included) and gives the messages still waiting on an outage back to the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from typing import Any
+
+import structlog
+from celery.exceptions import InvalidTaskError
+from celery.utils.time import get_exponential_backoff_interval
+
+from worker.acs.entra import TokenUnavailable
+from worker.deliver.messages import handle_message
+from worker.deliver.runtime import Runtime
+from worker.ledger import LEDGER_ERRORS, Lane
+from worker.logs import get_logger
+from worker.queue.broker import TASK_NAME
+
+log = get_logger(__name__)
+#: what an infrastructure failure raises: the message waits and runs again, never acknowledged away
+INFRASTRUCTURE_ERRORS: tuple[type[Exception], ...] = (*LEDGER_ERRORS, TokenUnavailable)
+#: the longest wait between two tries of a message through an outage, seconds
+MAX_INFRA_BACKOFF = 60
+_ack_log = logging.getLogger("celery.worker")
+
+
+class _GivenBack(Exception):
+    """The worker is stopping while the message waits on an outage: leave it unacknowledged for another worker."""
+
+
+async def run_message(runtime: Runtime, task_id: str, args: Any, kwargs: Any, lane: str) -> None:
+    """Run one job message until its job's turn ends, waiting out infrastructure failures."""
+    structlog.contextvars.clear_contextvars()  # this task's own copy, taken from the consumer's thread
+    structlog.contextvars.bind_contextvars(task_id=task_id)
+    retries = 0
+    while True:
+        try:
+            await handle_message(runtime.context, task_id, args, kwargs, lane)
+            return
+        except INFRASTRUCTURE_ERRORS as error:
+            retries += 1
+            first_line = str(error).partition("\n")[0]  # a database error goes on with the whole statement
+            log.error("task.infrastructure_error", error=f"{type(error).__name__}: {first_line}", retries=retries)
+            delay = get_exponential_backoff_interval(1, retries, MAX_INFRA_BACKOFF, full_jitter=True)
+            try:
+                await asyncio.wait_for(runtime.stopping.wait(), delay)
+            except TimeoutError:
+                continue
+            raise _GivenBack from None
+
+
+def _decode(message: Any) -> tuple[str, list[Any], Mapping[str, Any]]:
+    """The task id, args and kwargs of a task message (protocol 2, JSON); InvalidTaskError for anything else."""
+    headers = message.headers if isinstance(message.headers, dict) else {}
+    task_id = headers.get("id")
+    body = message.decode()
+    if not isinstance(task_id, str):
+        raise InvalidTaskError("the message's headers carry no task id")
+    if not (isinstance(body, list) and len(body) == 3 and isinstance(body[0], list) and isinstance(body[1], dict)):
+        raise InvalidTaskError("the body is not [args, kwargs, embed] with a list and an object")
+    return task_id, body[0], body[1]
+
+
+class JobMessages:
+    """The consumer's strategy for the job task: each message decoded, its job started on the runtime's loop, the
+    message acknowledged when the job's turn ends."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        connection_errors: tuple[type[BaseException], ...],
+        send_events: Callable[..., Any] | None = None,
+    ) -> None:
+        self._runtime = runtime
+        self._connection_errors = connection_errors
+        #: sends (type, fields) task events in the order given
+        self._send_events = send_events
+        settings = runtime.settings
+        self._bulk_queue = settings.bulk_queue if settings.bulk_queue != settings.queue else None
+
+    def __call__(self, message: Any, _body: Any, ack: Callable[..., Any], _reject: Any, _callbacks: Any) -> None:
+        task_id, args, kwargs = _decode(message)
+        arrived_on = (message.delivery_info or {}).get("routing_key")
+        lane = Lane.BULK if arrived_on is not None and arrived_on == self._bulk_queue else Lane.LIVE
+        runtime = self._runtime
+        started = time.monotonic()
+        if self._send_events is not None:
+            fields = {"uuid": task_id, "name": TASK_NAME, "args": repr(args), "kwargs": repr(kwargs), "retries": 0}
+            self._send_events(("task-received", fields), ("task-started", {"uuid": task_id}))
+        future = runtime.start_job(run_message(runtime, task_id, args, kwargs, lane))
+        future.add_done_callback(lambda done: self._finished(done, ack, task_id, started))
+
+    def _finished(self, done: Future[None], ack: Callable[..., Any], task_id: str, started: float) -> None:
+        error = None if done.cancelled() else done.exception()
+        if isinstance(error, _GivenBack) or done.cancelled():
+            return  # unacknowledged: the broker gives it to the next worker
+        if error is not None:
+            # A fault of this worker, not of the job: logged whole; the job stays in the ledger, where the sweeper
+            # finds it once its lease runs out.
+            log.error("task.failed", task_id=task_id, error=f"{type(error).__name__}: {error}", exc_info=error)
+        ack(_ack_log, self._connection_errors)
+        if self._send_events is not None:
+            runtime = time.monotonic() - started
+            outcome = {"result": "None"} if error is None else {"exception": repr(error)}
+            kind = "task-succeeded" if error is None else "task-failed"
+            self._send_events((kind, {"uuid": task_id, "runtime": runtime, **outcome}))
