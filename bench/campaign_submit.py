@@ -2,12 +2,12 @@
 
     python -m bench.campaign_submit [--rows 100000]
 
-Runs `submit` as a child process (no workers running), as a user would, and prints rows/s and the child's
-peak memory (ru_maxrss), also for a file a tenth the size: flat memory means the two peaks are close. Beside
-it, in the same run, the rate of publishing the same number of job messages with plain kombu over one
-connection with publisher confirms (what `submit` does too, after validating each row and writing it to the
-ledger), and the ratio of the two. Everything it creates (a PostgreSQL database, a queue, a folder) is removed
-at the end; it stops by itself.
+Runs `submit` as a child process (no workers running), as a user would (its jobs go to the bulk lane's queue),
+and prints rows/s and the child's peak memory (ru_maxrss), also for a file a tenth the size: flat memory means
+the two peaks are close. Beside it, in the same run, the rate of publishing the same number of job messages
+with plain kombu over one connection with publisher confirms (what `submit` does too, after validating each row
+and writing it to the ledger), and the ratio of the two. Everything it creates (a PostgreSQL database, a queue,
+a folder) is removed at the end; it stops by itself.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import kombu
 import psycopg
 
 from worker.config import Settings
-from worker.ledger import SyncLedger, op_count_by_state
+from worker.ledger import Lane, SyncLedger, op_count_by_state
 from worker.ledger.campaign import op_progress
 from worker.queue.broker import TASK_NAME, transfer_queue
 
@@ -72,7 +72,7 @@ def run_submit(path: Path, settings: Settings, campaign: str) -> tuple[float, in
 
 
 def queue_depth(settings: Settings) -> int:
-    queue = transfer_queue(settings)
+    queue = transfer_queue(settings, Lane.BULK)
     with kombu.Connection(settings.broker_url) as connection:
         declared = connection.default_channel.queue_declare(
             queue=queue.name, passive=True, arguments=queue.queue_arguments
@@ -82,14 +82,14 @@ def queue_depth(settings: Settings) -> int:
 
 def purge(settings: Settings) -> None:
     with kombu.Connection(settings.broker_url) as connection:
-        transfer_queue(settings)(connection.default_channel).purge()
+        transfer_queue(settings, Lane.BULK)(connection.default_channel).purge()
 
 
 def kombu_publish(settings: Settings, count: int, confirm_each: bool = False) -> float:
     """Seconds to publish `count` job messages with plain kombu over one connection: persistent messages on the
     same quorum queue, publisher confirms waited for once at the end (or after each message, as kombu's
     ``confirm_publish`` option does)."""
-    queue = transfer_queue(settings)
+    queue = transfer_queue(settings, Lane.BULK)
     options = {"confirm_publish": True} if confirm_each else {}
     with kombu.Connection(settings.broker_url, transport_options=options) as connection:
         channel = connection.channel()
@@ -171,7 +171,7 @@ def main() -> None:
     finally:
         try:
             with kombu.Connection(settings.broker_url) as connection:
-                transfer_queue(settings)(connection.default_channel).delete()
+                transfer_queue(settings, Lane.BULK)(connection.default_channel).delete()
         finally:
             with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
                 admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')

@@ -57,10 +57,18 @@ async def test_sigterm_to_a_busy_worker_loses_nothing_and_doubles_nothing(
     assert done_at_stop < JOBS, "nothing was left for the second worker: the test proves nothing"
     assert not any(stack.job(job_id).state == State.SENDING for job_id in job_ids)
 
-    stack.start_worker()
+    second = stack.start_worker()
     for job_id in job_ids:
         job = await stack.settled(job_id, timeout=90)
         assert job.state == State.ACCEPTED, (job.id, job.state, job.reason)
+    if broker == "rabbitmq":
+        # The first worker acknowledged every message whose job it finished: none came back to the second one.
+        # (The embedded transport gives a stopping worker's unacknowledged messages back before it has sent the
+        # last acknowledgements, so there a few finished jobs come back and are skipped by the claim.)
+        stop(second)
+        second_log = (stack.log_dir / "worker-1.log").read_text().splitlines()
+        redelivered = [line for line in second_log if '"job.skipped"' in line]
+        assert redelivered == [], redelivered[:3]
 
     assert effects.calls_with_more_than_one_effect() == []
     assert all(effects.effects_for_call(call) == 1 for call in calls)

@@ -11,6 +11,7 @@ import json
 import threading
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -178,3 +179,34 @@ async def test_task_events_show_every_job_message_to_flower(make_stack: Callable
     for job_id in job_ids:
         assert kinds(job_id) == ["task-received", "task-started", "task-succeeded"], kinds(job_id)
     assert all(e["name"] == TASK_NAME for e in seen if e["type"] == "task-received")
+
+
+async def test_a_message_s_eta_is_waited_for_and_an_expired_message_is_a_dead_message(
+    make_stack: Callable[..., Any],
+) -> None:
+    stack: Stack = await make_stack("rabbitmq", "postgresql")
+    stack.start_worker()
+    later, expired = str(uuid.uuid4()), str(uuid.uuid4())
+    now = datetime.now(UTC)
+    messages = []
+    for task_id, call, header, moment in (
+        (later, "call-eta", "eta", now + timedelta(seconds=3)),
+        (expired, "call-expired", "expires", now - timedelta(seconds=1)),
+    ):
+        body, headers = celery_message(task_id, {"request": {"callConnectionId": call, "targetParticipant": "8:acs:x"}})
+        messages.append((body, {**headers, header: moment.isoformat()}))
+    publish_raw(stack.settings, messages)
+    # The job is created from its message, so only once the message runs.
+    await stack.wait_for(lambda: stack.producer.ledger.run(op_get, later) is not None, "the job to exist")
+    job = await stack.settled(later)
+    assert job.state == State.ACCEPTED
+    (request,) = stack.requests_for("call-eta")
+    assert request.at >= now.timestamp() + 3 - 0.05, "the job went out before its eta"
+
+    def dead() -> list[Any]:
+        return [m for m in stack.producer.ledger.run(op_dead_messages, 10) if m["message_id"] == expired]
+
+    await stack.wait_for(lambda: bool(dead()), "the expired message to be recorded")
+    assert "expired at" in dead()[0]["reason"]
+    assert stack.requests_for("call-expired") == []
+    assert stack.producer.ledger.run(op_get, expired) is None

@@ -10,14 +10,22 @@ from __future__ import annotations
 
 import re
 
-# C0 and C1 control characters, DEL, and the surrogate range (a lone surrogate has no UTF-8 form).
+# C0 and C1 control characters, DEL, and the surrogate range (a lone surrogate has no UTF-8 form). Searched with
+# `re`, not character by character: every field of every job passes here.
 _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def has_lone_surrogates(text: str) -> bool:
     """Whether `text` holds an unpaired surrogate: such a string has no UTF-8 form, so it can be neither sent
     nor stored."""
-    return any(0xD800 <= ord(ch) < 0xE000 for ch in text)
+    return _SURROGATE.search(text) is not None
+
+
+def has_control_characters(text: str) -> bool:
+    """Whether `text` holds a C0 or C1 control character or DEL."""
+    return _CONTROL.search(text) is not None
 
 
 def can_store(text: str) -> bool:

@@ -86,10 +86,19 @@ class RecordingConsumer(Consumer):
                 # producer: a message naming one is an unknown task, recorded like any other.
                 del strategies[name]
 
+    def stop(self) -> None:
+        """A warm shutdown: consuming stops, then every job under way finishes and its message is acknowledged
+        (Celery closes the connection only after the hub has sent what is pending)."""
+        super().stop()
+        get_runtime().drain()
+
+    def terminate(self) -> None:
+        """A cold shutdown: no waiting; the messages of jobs under way go back to the broker."""
+        super().stop()
+
     def _job_messages(self) -> JobMessages:
         consumer: Any = self  # celery-types does not describe these
-        eventer = consumer.event_dispatcher
-        if eventer is None or not eventer.enabled:
+        if not self.app.conf.worker_send_task_events:
             return JobMessages(get_runtime(), consumer.connection_errors)
 
         # Task events for Flower (TASK_EVENTS), sent from the consumer's thread like Celery's own. Through one
@@ -97,6 +106,7 @@ class RecordingConsumer(Consumer):
         pending: deque[tuple[str, dict[str, Any]]] = deque()
 
         def flush() -> None:
+            eventer = consumer.event_dispatcher  # a new one after each reconnection
             while pending:
                 kind, fields = pending.popleft()
                 eventer.send(kind, **fields)

@@ -114,6 +114,14 @@ class Runtime:
         future.add_done_callback(self._jobs.discard)
         return future
 
+    def drain(self) -> None:
+        """Let every job under way finish (a retry's back-off included); jobs waiting on an outage give their
+        messages back. Called by the worker's consumer while it can still acknowledge them, and by `stop`."""
+        assert threading.current_thread() is not self._thread, "drain() would wait on its own loop"
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self.stopping.set)
+            wait(list(self._jobs))
+
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run a coroutine on the process's loop from any other thread and wait for its result."""
         return self.submit(coroutine).result()
@@ -135,9 +143,7 @@ class Runtime:
         if not self._thread.is_alive():
             return
         try:
-            # A warm shutdown: every job under way finishes first (a retry's back-off included).
-            self._loop.call_soon_threadsafe(self.stopping.set)
-            wait(list(self._jobs))
+            self.drain()
             self.run(self._close())
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)

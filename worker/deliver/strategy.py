@@ -10,6 +10,10 @@ An infrastructure failure (any ledger error, the network, no Entra ID token for 
 with capped exponential backoff and full jitter, so that workers do not retry in lockstep after an outage; the
 message stays unacknowledged meanwhile and is never acknowledged away. A warm shutdown lets every job under way
 finish (retry back-offs included) and gives the messages still waiting on an outage back to the broker.
+
+A message's Celery ``eta`` (a producer's countdown) is waited for in the worker, its ``expires`` honoured: one
+that expired before it ran becomes a dead message saying so. Celery's remote control does not see these jobs
+(`inspect active`, `revoke`): the ledger does (`acs-transfer status`, `acs-transfer dead`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -26,7 +32,7 @@ from celery.exceptions import InvalidTaskError
 from celery.utils.time import get_exponential_backoff_interval
 
 from worker.acs.entra import TokenUnavailable
-from worker.deliver.messages import handle_message
+from worker.deliver.messages import handle_message, record_dead_message
 from worker.deliver.runtime import Runtime
 from worker.ledger import LEDGER_ERRORS, Lane
 from worker.logs import get_logger
@@ -44,29 +50,65 @@ class _GivenBack(Exception):
     """The worker is stopping while the message waits on an outage: leave it unacknowledged for another worker."""
 
 
-async def run_message(runtime: Runtime, task_id: str, args: Any, kwargs: Any, lane: str) -> None:
+@dataclass(frozen=True)
+class TaskMessage:
+    task_id: str
+    args: list[Any]
+    kwargs: Mapping[str, Any]
+    #: when the producer asked for it to run (Celery's countdown or eta), and when it stops being wanted
+    eta: float | None = None
+    expires: float | None = None
+
+
+async def _wait_or_give_back(runtime: Runtime, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(runtime.stopping.wait(), seconds)
+    except TimeoutError:
+        return
+    raise _GivenBack
+
+
+async def run_message(runtime: Runtime, message: TaskMessage, lane: str) -> None:
     """Run one job message until its job's turn ends, waiting out infrastructure failures."""
     structlog.contextvars.clear_contextvars()  # this task's own copy, taken from the consumer's thread
-    structlog.contextvars.bind_contextvars(task_id=task_id)
+    structlog.contextvars.bind_contextvars(task_id=message.task_id)
+    task_id, args, kwargs = message.task_id, tuple(message.args), message.kwargs
+    ctx = runtime.context
+    if message.eta is not None and message.eta > ctx.clock():
+        await _wait_or_give_back(runtime, message.eta - ctx.clock())
+    expired = message.expires is not None and message.expires <= ctx.clock()
     retries = 0
     while True:
         try:
-            await handle_message(runtime.context, task_id, args, kwargs, lane)
+            if expired:
+                moment = datetime.fromtimestamp(message.expires or 0, UTC).isoformat()
+                reason = f"the message expired at {moment} before a worker ran it"
+                await record_dead_message(ctx, task_id, reason, {"args": list(args), "kwargs": dict(kwargs)})
+            else:
+                await handle_message(ctx, task_id, args, kwargs, lane)
             return
         except INFRASTRUCTURE_ERRORS as error:
             retries += 1
             first_line = str(error).partition("\n")[0]  # a database error goes on with the whole statement
             log.error("task.infrastructure_error", error=f"{type(error).__name__}: {first_line}", retries=retries)
             delay = get_exponential_backoff_interval(1, retries, MAX_INFRA_BACKOFF, full_jitter=True)
-            try:
-                await asyncio.wait_for(runtime.stopping.wait(), delay)
-            except TimeoutError:
-                continue
-            raise _GivenBack from None
+            await _wait_or_give_back(runtime, delay)
 
 
-def _decode(message: Any) -> tuple[str, list[Any], Mapping[str, Any]]:
-    """The task id, args and kwargs of a task message (protocol 2, JSON); InvalidTaskError for anything else."""
+def _moment(headers: Mapping[str, Any], name: str) -> float | None:
+    """An ISO 8601 time header (``eta``, ``expires``) as seconds since the epoch; without a zone, UTC."""
+    value = headers.get(name)
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise InvalidTaskError(f"the {name} header is not an ISO 8601 time: {value!r}") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def _decode(message: Any) -> TaskMessage:
+    """A task message (protocol 2, JSON); InvalidTaskError for anything else."""
     headers = message.headers if isinstance(message.headers, dict) else {}
     task_id = headers.get("id")
     body = message.decode()
@@ -74,7 +116,7 @@ def _decode(message: Any) -> tuple[str, list[Any], Mapping[str, Any]]:
         raise InvalidTaskError("the message's headers carry no task id")
     if not (isinstance(body, list) and len(body) == 3 and isinstance(body[0], list) and isinstance(body[1], dict)):
         raise InvalidTaskError("the body is not [args, kwargs, embed] with a list and an object")
-    return task_id, body[0], body[1]
+    return TaskMessage(task_id, body[0], body[1], _moment(headers, "eta"), _moment(headers, "expires"))
 
 
 class JobMessages:
@@ -95,15 +137,22 @@ class JobMessages:
         self._bulk_queue = settings.bulk_queue if settings.bulk_queue != settings.queue else None
 
     def __call__(self, message: Any, _body: Any, ack: Callable[..., Any], _reject: Any, _callbacks: Any) -> None:
-        task_id, args, kwargs = _decode(message)
+        decoded = _decode(message)
+        task_id = decoded.task_id
         arrived_on = (message.delivery_info or {}).get("routing_key")
         lane = Lane.BULK if arrived_on is not None and arrived_on == self._bulk_queue else Lane.LIVE
         runtime = self._runtime
         started = time.monotonic()
         if self._send_events is not None:
-            fields = {"uuid": task_id, "name": TASK_NAME, "args": repr(args), "kwargs": repr(kwargs), "retries": 0}
+            fields = {
+                "uuid": task_id,
+                "name": TASK_NAME,
+                "args": repr(decoded.args),
+                "kwargs": repr(decoded.kwargs),
+                "retries": 0,
+            }
             self._send_events(("task-received", fields), ("task-started", {"uuid": task_id}))
-        future = runtime.start_job(run_message(runtime, task_id, args, kwargs, lane))
+        future = runtime.start_job(run_message(runtime, decoded, lane))
         future.add_done_callback(lambda done: self._finished(done, ack, task_id, started))
 
     def _finished(self, done: Future[None], ack: Callable[..., Any], task_id: str, started: float) -> None:

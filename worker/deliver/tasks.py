@@ -12,7 +12,7 @@ from celery import Task, signals
 
 from worker.deliver import startup  # noqa: F401 - connects the start-up gate to the worker's signals
 from worker.deliver.runtime import get_runtime, stop_runtime
-from worker.deliver.strategy import run_message
+from worker.deliver.strategy import TaskMessage, run_message
 from worker.ledger import Lane
 from worker.queue.app import app
 from worker.queue.broker import TASK_NAME
@@ -33,4 +33,4 @@ def transfer(self: Task[Any, Any], *args: Any, **kwargs: Any) -> None:
     """The job task: registered so that the consumer has its strategy to replace; called in-process, it runs the
     message as the worker would."""
     runtime = get_runtime()
-    runtime.run(run_message(runtime, str(self.request.id), list(args), kwargs, Lane.LIVE))
+    runtime.run(run_message(runtime, TaskMessage(str(self.request.id), list(args), kwargs), Lane.LIVE))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from worker.errors import Issue
-from worker.text import has_lone_surrogates
+from worker.text import has_control_characters, has_lone_surrogates
 
 E164 = re.compile(r"\A\+[1-9][0-9]{1,14}\Z")  # \Z: "$" would also match before a trailing newline
 
@@ -91,7 +91,7 @@ def _bad_text(text: str) -> str | None:
         return "must not be empty"
     if len(text) > _MAX_ID_LENGTH:
         return f"must be at most {_MAX_ID_LENGTH} characters"
-    if any(ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 for ch in text):
+    if has_control_characters(text):
         return "must not contain control characters"
     if has_lone_surrogates(text):
         return "must not contain lone surrogates (not encodable as UTF-8)"

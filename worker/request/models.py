@@ -19,7 +19,7 @@ from urllib.parse import quote, urlsplit
 
 from worker.errors import Issue, ValidationError
 from worker.request.identifiers import E164, Identifier, parse_identifier, phone_number
-from worker.text import can_store, has_lone_surrogates
+from worker.text import can_store, has_control_characters, has_lone_surrogates
 
 SIP_CUSTOM_PREFIX = "X-MS-Custom-"
 SIP_UUI_HEADER = "User-To-User"
@@ -154,10 +154,6 @@ def parse_transfer(data: object, where: str = "") -> TransferRequest:
     )
 
 
-def _has_control_characters(text: str) -> bool:
-    return any(ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 for ch in text)
-
-
 def _call_connection_id(value: object, issues: list[Issue]) -> str | None:
     name = "callConnectionId"
     if not isinstance(value, str):
@@ -165,7 +161,7 @@ def _call_connection_id(value: object, issues: list[Issue]) -> str | None:
         return None
     if not value.strip():
         issues.append(Issue(name, "must not be empty"))
-    elif value != value.strip() or _has_control_characters(value):
+    elif value != value.strip() or has_control_characters(value):
         issues.append(Issue(name, "must not contain whitespace at its ends or control characters"))
     elif has_lone_surrogates(value):
         issues.append(Issue(name, "must not contain lone surrogates (not encodable as UTF-8)"))
@@ -214,7 +210,7 @@ def _callback_uri(value: object, issues: list[Issue]) -> str | None:
     if not isinstance(value, str):
         issues.append(Issue(name, "must be a string"))
         return None
-    if len(value) > MAX_URI_LENGTH or _has_control_characters(value) or " " in value:
+    if len(value) > MAX_URI_LENGTH or has_control_characters(value) or " " in value:
         issues.append(Issue(name, f"must be a URI of at most {MAX_URI_LENGTH} characters without spaces"))
         return None
     if "\\" in value or has_lone_surrogates(value):
@@ -270,7 +266,7 @@ def _string_map(value: object, name: str, issues: list[Issue]) -> dict[str, str]
     for key, header_value in value.items():
         if not isinstance(key, str) or not isinstance(header_value, str):
             issues.append(Issue(f"{name}[{key!r}]", "keys and values must be strings"))
-        elif not key or any(_has_control_characters(t) or has_lone_surrogates(t) for t in (key, header_value)):
+        elif not key or any(has_control_characters(t) or has_lone_surrogates(t) for t in (key, header_value)):
             issues.append(Issue(f"{name}[{key!r}]", "must be non-empty, without control characters or lone surrogates"))
         else:
             headers[key] = header_value
