@@ -9,7 +9,7 @@ import signal
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import asyncpg
@@ -99,55 +99,59 @@ def test_the_worker_waits_out_every_database_error_with_the_message_unacknowledg
     assert issubclass(error, INFRASTRUCTURE_ERRORS)
 
 
-async def test_a_worker_retries_a_message_through_a_ledger_outage(make_stack: Callable[..., Any]) -> None:
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """A PostgreSQL server of its own, started; the test may stop and start it."""
     database = PrivatePostgres()
     try:
         database.start()
-        stack: Stack = await make_stack("rabbitmq", "sqlite", ledger_url=database.url)
-        stack.start_worker()
-        stack.enqueue("call-before")
-        await stack.wait_for(lambda: stack.emulator.state.effects.effects_for_call("call-before") == 1, "a first job")
-        database.stop()
-        task_id = str(uuid.uuid4())
-        request = {"callConnectionId": "call-during", "targetParticipant": "4:+15551234567"}
-        publish_raw(stack.settings, [celery_message(task_id, {"request": request})])
-        await stack.wait_for(lambda: '"task.infrastructure_error"' in stack.logs(), "the task to meet the outage")
-        await asyncio.sleep(1.0)
-        database.start()
-        await stack.wait_for(lambda: stack.emulator.state.effects.effects_for_call("call-during") == 1, "the job")
-        job = await stack.settled(task_id)
-        assert job.state == State.ACCEPTED
-        await asyncio.sleep(1.0)
-        assert len(stack.requests_for("call-during")) == 1
+        yield database
     finally:
         database.remove()
+
+
+async def _message_meets_an_outage(stack: Stack, database: PrivatePostgres, call: str) -> str:
+    """With a worker running on `database`: one job sent, the database stopped, then a raw producer's message for
+    `call` published (its job exists only in the message) and met by the outage. Returns its task id."""
+    stack.enqueue("call-before")
+    await stack.wait_for(lambda: stack.emulator.state.effects.effects_for_call("call-before") == 1, "a first job")
+    database.stop()
+    task_id = str(uuid.uuid4())
+    request = {"callConnectionId": call, "targetParticipant": "4:+15551234567"}
+    publish_raw(stack.settings, [celery_message(task_id, {"request": request})])
+    await stack.wait_for(lambda: '"task.infrastructure_error"' in stack.logs(), "the message to meet the outage")
+    return task_id
+
+
+async def test_a_worker_retries_a_message_through_a_ledger_outage(
+    make_stack: Callable[..., Any], private_postgres: PrivatePostgres
+) -> None:
+    stack: Stack = await make_stack("rabbitmq", "sqlite", ledger_url=private_postgres.url)
+    stack.start_worker()
+    task_id = await _message_meets_an_outage(stack, private_postgres, "call-during")
+    await asyncio.sleep(1.0)
+    private_postgres.start()
+    await stack.wait_for(lambda: stack.emulator.state.effects.effects_for_call("call-during") == 1, "the job")
+    job = await stack.settled(task_id)
+    assert job.state == State.ACCEPTED
+    await asyncio.sleep(1.0)
+    assert len(stack.requests_for("call-during")) == 1
 
 
 async def test_a_worker_stopped_during_a_ledger_outage_gives_the_waiting_message_back(
-    make_stack: Callable[..., Any],
+    make_stack: Callable[..., Any], private_postgres: PrivatePostgres
 ) -> None:
     # The job exists only in its message (a raw producer's): acknowledged away, it would be lost for good.
-    database = PrivatePostgres()
-    try:
-        database.start()
-        stack: Stack = await make_stack("rabbitmq", "sqlite", ledger_url=database.url)
-        worker = stack.start_worker()
-        stack.enqueue("call-before")
-        await stack.wait_for(lambda: stack.emulator.state.effects.effects_for_call("call-before") == 1, "a first job")
-        database.stop()
-        task_id = str(uuid.uuid4())
-        request = {"callConnectionId": "call-outage", "targetParticipant": "4:+15551234567"}
-        publish_raw(stack.settings, [celery_message(task_id, {"request": request})])
-        await stack.wait_for(lambda: '"task.infrastructure_error"' in stack.logs(), "the message to meet the outage")
-        started = time.monotonic()
-        code = await asyncio.to_thread(stop, worker, 30, signal.SIGTERM)
-        took = time.monotonic() - started
-        assert code == 0, stack.logs()[-3000:]
-        assert took < 10, f"the worker kept waiting on the outage for {took:.1f}s after SIGTERM"
-        database.start()
-        stack.start_worker()
-        await stack.wait_for(lambda: stack.emulator.state.effects.effects_for_call("call-outage") == 1, "the job")
-        job = await stack.settled(task_id)
-        assert job.state == State.ACCEPTED
-    finally:
-        database.remove()
+    stack: Stack = await make_stack("rabbitmq", "sqlite", ledger_url=private_postgres.url)
+    worker = stack.start_worker()
+    task_id = await _message_meets_an_outage(stack, private_postgres, "call-outage")
+    started = time.monotonic()
+    code = await asyncio.to_thread(stop, worker, 30, signal.SIGTERM)
+    took = time.monotonic() - started
+    assert code == 0, stack.logs()[-3000:]
+    assert took < 10, f"the worker kept waiting on the outage for {took:.1f}s after SIGTERM"
+    private_postgres.start()
+    stack.start_worker()
+    await stack.wait_for(lambda: stack.emulator.state.effects.effects_for_call("call-outage") == 1, "the job")
+    job = await stack.settled(task_id)
+    assert job.state == State.ACCEPTED

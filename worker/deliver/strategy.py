@@ -4,7 +4,8 @@ Through the pool, each message would become a Celery request traced in a thread 
 and blocks until it is done: a thread hop each way and, with one thread per job in flight, GIL contention, most
 of a worker's CPU beyond the job's own work (docs/performance.md). Instead the consumer's strategy for the job
 task decodes the message and schedules its job on the loop; the message is acknowledged once the job's turn
-ends (late, as before). The broker's prefetch (WORKER_CONCURRENCY per lane queue) bounds how many run at once.
+ends (late, as before). The broker's prefetch (WORKER_CONCURRENCY: per lane queue on RabbitMQ, for both lanes
+together on Redis and the embedded transport) bounds how many run at once.
 
 An infrastructure failure (any ledger error, the network, no Entra ID token for ACS) is waited out in the worker
 with capped exponential backoff and full jitter, so that workers do not retry in lockstep after an outage; the

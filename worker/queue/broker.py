@@ -99,7 +99,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_ignore_result": True,
         "result_backend": None,
         # Job messages run on the process's event loop (worker.deliver.strategy), not in the pool: the prefetch
-        # (concurrency x 1 per lane queue) is how many are in flight.
+        # (concurrency x 1: per lane queue on RabbitMQ, per channel elsewhere) is how many are in flight.
         "worker_pool": "threads",
         "worker_concurrency": settings.worker_concurrency,
         "worker_prefetch_multiplier": 1,
