@@ -88,9 +88,9 @@ async def test_the_sweeper_republishes_into_the_jobs_own_lane_even_while_the_que
     make_stack: Callable[..., Any], broker: str
 ) -> None:
     """Item: no job waits forever behind a busy queue, and a deep backlog is not published twice over. Jobs whose
-    messages were lost (written, never published) come back in their own lane after REPUBLISH_AFTER: all of them
-    with the lane empty; with the lane holding messages, only its shortfall (queued jobs less messages waiting),
-    the oldest first."""
+    messages were lost (written, never published) come back in their own lane after REPUBLISH_AFTER, on the
+    second sweep that finds them missing: all of them with the lane empty; with the lane holding messages, only
+    its shortfall (queued jobs less messages waiting), the oldest first."""
     stack: Stack = await make_stack(broker, "postgresql")
     settings = replace(stack.settings, republish_after=10.0)
     publisher = stack.producer.publisher
@@ -113,7 +113,11 @@ async def test_the_sweeper_republishes_into_the_jobs_own_lane_even_while_the_que
     ledger = await Ledger.open(settings.ledger_url)
     try:
         context = Context(settings, ledger, NoSender(), "sweeper-under-test")
-        republished, _ = await sweep_once(context, publisher.publish_jobs, publisher.queue_depths)
+        suspects: set[str] = set()
+        # The first pass only suspects the queued jobs: their messages may be at a worker not yet claimed.
+        first, _ = await sweep_once(context, publisher.publish_jobs, publisher.queue_depths, suspects=suspects)
+        assert (first, suspects) == (0, {oldest, bulk})
+        republished, _ = await sweep_once(context, publisher.publish_jobs, publisher.queue_depths, suspects=suspects)
     finally:
         await ledger.close()
     assert republished == 2

@@ -187,6 +187,21 @@ async def test_every_transition_is_recorded_once(ledger_url: str) -> None:
     sync.close()
 
 
+async def test_a_job_a_worker_claims_between_two_sweeps_is_not_published_again(ledger_url: str) -> None:
+    # Its queue is empty, but its message was at a worker: the first sweep only suspects it, and by the second the
+    # worker has claimed it. Re-publishing on the first sight would put a second message behind every in-flight job.
+    sync = SyncLedger(ledger_url)
+    ((job, _),) = sync.create_jobs([_job("in-flight")])
+    ledger = await Ledger.open(ledger_url)
+    later = job.created_at + 100
+    empty = [(("live",), 0), (("bulk",), 0)]
+    assert await ledger.run(op_due_for_publish, later, later - 30, empty, 100) == ([], [job.id])
+    assert await ledger.run(op_claim, job.id, "worker", later, later + 30) is not None
+    assert await ledger.run(op_due_for_publish, later + 1, later - 29, empty, 100, {job.id}) == ([], [])
+    await ledger.close()
+    sync.close()
+
+
 async def test_sweep_finds_orphans_and_lost_messages_once(ledger_url: str) -> None:
     sync = SyncLedger(ledger_url)
     results = sync.create_jobs([_job("held"), _job("queued"), _job("fresh")])
@@ -203,15 +218,18 @@ async def test_sweep_finds_orphans_and_lost_messages_once(ledger_url: str) -> No
     await ledger.run(touch, fresh.id, later - 1)
     # Two queued jobs ("queued", "fresh"), and the live queue holds two messages: none is missing.
     busy = [(("live",), 2), (("bulk",), 0)]
-    only_held = await ledger.run(op_due_for_publish, later, later - 30, busy, 100)
-    assert [job_id for job_id, _, _ in only_held] == [held.id]
+    only_held, suspects = await ledger.run(op_due_for_publish, later, later - 30, busy, 100)
+    assert ([job_id for job_id, _, _ in only_held], suspects) == ([held.id], [])
     unknown = [(("live", "bulk"), None)]  # the broker cannot tell: no queued job is taken for lost
-    assert await ledger.run(op_due_for_publish, later + 40, later - 30, unknown, 100) == []
-    short = [(("live", "bulk"), 1)]  # one message for two queued jobs: the older is taken
-    with_queued = await ledger.run(op_due_for_publish, later, later - 30, short, 100)
-    assert with_queued == [(queued.id, State.QUEUED, "live")]  # "held" was just re-published
+    assert await ledger.run(op_due_for_publish, later + 40, later - 30, unknown, 100) == ([], [])
+    short = [(("live", "bulk"), 1)]  # one message for two queued jobs: the older is missing
+    # Its message may be at a worker that has not claimed it yet: a suspect, not yet due.
+    assert await ledger.run(op_due_for_publish, later, later - 30, short, 100) == ([], [queued.id])
+    # Still missing on the next pass: due ("held" was just re-published).
+    with_queued = await ledger.run(op_due_for_publish, later, later - 30, short, 100, {queued.id})
+    assert with_queued == ([(queued.id, State.QUEUED, "live")], [])
     empty = [(("live",), 0), (("bulk",), 0)]
-    assert await ledger.run(op_due_for_publish, later + 1, later - 30, empty, 100) == []
+    assert await ledger.run(op_due_for_publish, later + 1, later - 30, empty, 100, {queued.id}) == ([], [])
     job = await ledger.run(op_get, queued.id)
     assert job is not None
     assert job.published_at == later

@@ -23,7 +23,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -153,20 +152,24 @@ class JobMessages:
                 "retries": 0,
             }
             self._send_events(("task-received", fields), ("task-started", {"uuid": task_id}))
-        future = runtime.start_job(run_message(runtime, decoded, lane))
-        future.add_done_callback(lambda done: self._finished(done, ack, task_id, started))
+        runtime.start_job(self._turn(decoded, lane, ack, started))
 
-    def _finished(self, done: Future[None], ack: Callable[..., Any], task_id: str, started: float) -> None:
-        error = None if done.cancelled() else done.exception()
-        if isinstance(error, _GivenBack) or done.cancelled():
+    async def _turn(self, message: TaskMessage, lane: str, ack: Callable[..., Any], started: float) -> None:
+        # The acknowledgement is queued before the job's future completes: a warm shutdown that waits for the
+        # futures then flushes every one of them (a future's done-callbacks run only after its waiters wake).
+        error: Exception | None = None
+        try:
+            await run_message(self._runtime, message, lane)
+        except _GivenBack:
             return  # unacknowledged: the broker gives it to the next worker
-        if error is not None:
+        except Exception as failure:
             # A fault of this worker, not of the job: logged whole; the job stays in the ledger, where the sweeper
             # finds it once its lease runs out.
-            log.error("task.failed", task_id=task_id, error=f"{type(error).__name__}: {error}", exc_info=error)
+            error = failure
+            log.error("task.failed", task_id=message.task_id, error=f"{type(error).__name__}: {error}", exc_info=error)
         ack(_ack_log, self._connection_errors)
         if self._send_events is not None:
             runtime = time.monotonic() - started
             outcome = {"result": "None"} if error is None else {"exception": repr(error)}
             kind = "task-succeeded" if error is None else "task-failed"
-            self._send_events((kind, {"uuid": task_id, "runtime": runtime, **outcome}))
+            self._send_events((kind, {"uuid": message.task_id, "runtime": runtime, **outcome}))

@@ -5,6 +5,8 @@ acknowledged, dropped or redelivered while the lease was still live), and a job 
 after it was published (the broker lost the message). A queue still holding messages may hold every queued
 job's, so only its shortfall is taken: its lane's queued jobs less the messages waiting, the oldest first.
 Re-publishing every job of a deep backlog after a fixed wait would double it, and then double the rest again.
+The broker does not count the messages workers have received and not yet claimed, so a queued job counts as
+lost only when two passes in a row find it missing.
 Each job goes back into its own lane. A paced campaign's job not yet dispatched is the dispatcher's. One
 worker sweeps at a time, under a lease in the ledger; a re-published job that turns out to be alive is skipped
 by the claim.
@@ -47,15 +49,23 @@ async def sweep_once(
     publish: Callable[[Iterable[tuple[str, str]]], int],
     queue_depths: Callable[[], dict[str, int | None]],
     prune: bool = False,
+    suspects: set[str] | None = None,
 ) -> tuple[int, bool]:
-    """One pass; returns how many jobs were re-published, and whether finished jobs remain to be pruned."""
+    """One pass; returns how many jobs were re-published, and whether finished jobs remain to be pruned.
+
+    `suspects`, kept from pass to pass, holds the queued jobs the last pass found missing (updated here)."""
     settings = ctx.settings
     now = ctx.clock()
     if not await ctx.ledger.run(op_take_lease, SWEEP_LEASE, ctx.worker_id, now, now + 3 * settings.sweep_interval):
         return 0, False
     depths = await asyncio.to_thread(queue_depths)
     published_before = now - settings.republish_after
-    due = await ctx.ledger.run(op_due_for_publish, now, published_before, backlogs(settings, depths), BATCH)
+    suspects = set() if suspects is None else suspects
+    due, missing = await ctx.ledger.run(
+        op_due_for_publish, now, published_before, backlogs(settings, depths), BATCH, suspects
+    )
+    suspects.clear()
+    suspects.update(missing)
     if due:
         await asyncio.to_thread(publish, [(job_id, lane) for job_id, _, lane in due])
         held = sum(1 for _, state, _ in due if state != State.QUEUED)
@@ -114,11 +124,12 @@ async def run_sweeper(
     """Sweep every `sweep_interval` seconds until cancelled; errors are logged, never fatal."""
     retention = ctx.settings.job_retention_days * 86400
     next_prune = 0.0 if retention > 0 else float("inf")
+    suspects: set[str] = set()
     while True:
         started = time.monotonic()
         prune = started >= next_prune
         try:
-            swept, backlog = await sweep_once(ctx, publish, queue_depths, prune)
+            swept, backlog = await sweep_once(ctx, publish, queue_depths, prune, suspects)
         except asyncio.CancelledError:
             raise
         except Exception as error:

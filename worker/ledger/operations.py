@@ -489,15 +489,21 @@ def op_due_for_publish(
     published_before: float,
     backlogs: Sequence[tuple[Sequence[str], int | None]],
     limit: int,
-) -> list[tuple[str, str, str]]:
-    """Jobs whose message may be lost, oldest first, as (id, state, lane): held jobs whose lease ran out, and
-    queued jobs, each published before `published_before`. `backlogs` gives, per queue, its lanes and the
-    messages waiting in it (None: the broker cannot tell, so none of its queued jobs is taken for lost). A queue
-    that holds messages may hold every queued job's: only the shortfall, its queued jobs less its messages, is
-    taken (the oldest), so a deep backlog is never published twice over. Jobs awaiting their dispatch (never
-    published) are the dispatcher's. Their publish time is bumped so one sweep takes each."""
+    suspects: Collection[str] = (),
+) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """Jobs whose message may be lost, oldest first, as (id, state, lane), and the new suspects.
+
+    Held jobs whose lease ran out are due at once. A queued job published before `published_before` is missing
+    when its queue holds fewer messages than its lanes have queued jobs: `backlogs` gives, per queue, its lanes
+    and the messages waiting in it (None: the broker cannot tell, so none of its queued jobs is taken for lost),
+    and only the shortfall is taken (the oldest), so a deep backlog is never published twice over. A message a
+    worker has received but not yet claimed is not waiting either, so a missing job is due only if it was
+    among the `suspects` (the previous pass's missing jobs); the others are returned as the next suspects. Jobs
+    awaiting their dispatch (never published) are the dispatcher's. Due jobs' publish time is bumped so one
+    sweep takes each."""
     orphaned = sa.and_(jobs.c.state.in_(HELD_STATES), jobs.c.lease_until < now, jobs.c.published_at < published_before)
     due = [(row.id, row.state, row.lane) for row in connection.execute(_oldest(connection, orphaned, limit))]
+    new_suspects: list[str] = []
     for lanes, depth in backlogs:
         room = limit - len(due)
         if depth is None or room <= 0:
@@ -510,10 +516,14 @@ def op_due_for_publish(
             room = min(room, queued - depth)
         if room > 0:
             waiting = sa.and_(in_lanes, jobs.c.published_at < published_before)
-            due += [(row.id, row.state, row.lane) for row in connection.execute(_oldest(connection, waiting, room))]
+            for row in connection.execute(_oldest(connection, waiting, room)):
+                if row.id in suspects:
+                    due.append((row.id, row.state, row.lane))
+                else:
+                    new_suspects.append(row.id)
     if due:
         connection.execute(jobs.update().where(jobs.c.id.in_([i for i, _, _ in due])).values(published_at=now))
-    return due
+    return due, new_suspects
 
 
 def _oldest(connection: Connection, where: sa.ColumnElement[bool], limit: int) -> sa.Select[Any]:
