@@ -57,6 +57,27 @@ def test_create_is_idempotent_on_key_and_keeps_the_body(ledger_url: str) -> None
     ledger.close()
 
 
+def test_a_batch_of_jobs_is_stored_exactly_as_returned(ledger_url: str) -> None:
+    # A batch is written in one statement (on PostgreSQL, its rows as one JSON document) and the jobs it returns
+    # are not read back: every value must arrive unchanged, and each job gets its one history row.
+    contexts = ['quote " backslash \\ slash /', "accents é ß, CJK 中文, emoji 😀", '{"json": [1, 2]}', "x" * 5000]
+    new_jobs = []
+    for index, context in enumerate(contexts):
+        request = {"callConnectionId": f"call-{index}", "targetParticipant": "4:+15551230000"}
+        headers = {"sipHeaders": {"X-MS-Custom-T": context[:256]}}
+        request |= {"operationContext": context, "customCallingContext": headers}
+        new_jobs.append(prepare_job(parse_transfer(request), idempotency_key=f"key-{index}-{context[:20]}"))
+    ledger = SyncLedger(ledger_url)
+    returned = ledger.create_jobs(new_jobs)
+    assert [created for _, created in returned] == [True] * len(contexts)
+    for (job, _), new in zip(returned, new_jobs, strict=True):
+        assert ledger.get(job.id) == job
+        assert job.body.encode() == new.body
+        assert job.operation_context == new.operation_context
+        assert [(event.from_state, event.to_state) for event in ledger.events(job.id)] == [(None, State.QUEUED)]
+    ledger.close()
+
+
 def test_same_key_with_a_different_request_is_a_conflict(ledger_url: str) -> None:
     ledger = SyncLedger(ledger_url)
     ledger.create_jobs([_job(key="crm-2")])

@@ -7,6 +7,7 @@ also appends a row to `job_events`, so a job's history is always complete.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Collection, Sequence
 from typing import Any, TypeVar
 
@@ -40,12 +41,32 @@ def dialect_insert(connection: Connection, table: sa.Table) -> postgresql.Insert
     return (postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert)(table)
 
 
+def _rows_insert(
+    connection: Connection, table: sa.Table, rows: Sequence[dict[str, Any]]
+) -> tuple[postgresql.Insert | sqlite.Insert, Any]:
+    """An INSERT of `rows` (each with the same keys) and its parameters.
+
+    On PostgreSQL the rows go as one JSON document that the server turns into rows of the table: one short
+    statement and one parameter whatever the number of rows. A multi-row VALUES has a parameter per cell, and
+    the driver parses it anew for each batch (a third of `submit`'s time at 1,000 rows a batch)."""
+    if connection.dialect.name != "postgresql" or len(rows) < 2:
+        return dialect_insert(connection, table), list(rows)
+    return _json_insert(table, tuple(rows[0])), {"p_rows": list(rows)}
+
+
+@functools.cache
+def _json_insert(table: sa.Table, names: tuple[str, ...]) -> postgresql.Insert:
+    rows = sa.bindparam("p_rows", type_=postgresql.JSON)
+    source = sa.func.json_populate_recordset(sa.literal_column(f"NULL::{table.name}"), rows).table_valued(*names)
+    return postgresql.insert(table).from_select(list(names), sa.select(*source.c))
+
+
 def _insert_ignoring_conflicts(
     connection: Connection, table: sa.Table, rows: Sequence[dict[str, Any]], returning: sa.Column[Any]
 ) -> set[Any]:
     """Insert the rows that conflict with no unique key; return `returning` of those inserted."""
-    insert = dialect_insert(connection, table)
-    result = connection.execute(insert.on_conflict_do_nothing().returning(returning), list(rows))
+    insert, parameters = _rows_insert(connection, table, rows)
+    result = connection.execute(insert.on_conflict_do_nothing().returning(returning), parameters)
     return set(result.scalars().all())
 
 
@@ -180,7 +201,7 @@ def _in_one_transaction(connection: Connection, calls: Sequence[Callable[[Connec
     finally:
         info.pop(_DEFERRED_EVENTS, None)
     if events:
-        connection.execute(_INSERT_EVENT, events)
+        connection.execute(*_rows_insert(connection, job_events, events))
     return results
 
 
